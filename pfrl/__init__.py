@@ -1,0 +1,3 @@
+"""pfrl: online preference optimization with pseudo feedback for reasoning LLMs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,53 @@
+"""`pfrl` entry point.
+
+Each subcommand lives in `pfrl.commands.<name>` with `add_arguments(parser)` and `run(args) -> int`.
+Command modules import torch/vllm/ray/deepspeed inside `run`, so `pfrl --help` and config
+validation stay instant. A `UserError` anywhere ends in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pfrl.errors import UserError
+
+COMMANDS: dict[str, str] = {
+    "train": "Run the online loop: generate, label with pseudo feedback, train DPO, sync weights.",
+    "label": "Label rollout groups with pseudo feedback and write DPO pairs (offline).",
+    "generate": "Sample N completions per prompt with vLLM generator actors (offline).",
+    "dpo": "Offline DPO on a pairs file with the DeepSpeed learner.",
+    "eval": "Greedy accuracy (and maj@K / pass@K) of a model on a problem file, through vLLM.",
+    "bootstrap": "Build a tiny tokenizer + Llama model by SFT on a synthetic task, with its data.",
+    "status": "Summarise a running or finished run directory.",
+    "plot": "Plot throughput, loss, accuracy and lag of a run.",
+    "bench": "Benchmarks that print figures: generate, sync, learner, sandbox, chaos.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pfrl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"pfrl.commands.{name}")
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except UserError as e:
+        print(f"pfrl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pfrl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""The one schema of a pfrl run.
+
+Every default lives here, documented where it is defined. Components receive their own slice
+(`cfg.generator`, `cfg.learner`, ...) and never invent defaults with `.get(key, default)`.
+A config is built from a YAML file plus dotted `--set section.key=value` overrides; any user error
+becomes a `ConfigError` whose message is one line naming the file or key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pfrl.errors import UserError
+
+
+class ConfigError(UserError):
+    """A user-caused config problem; its message is a single line fit for the console."""
+
+
+class Section(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(Section):
+    dir: str = Field("runs/default", description="Run directory: metrics, checkpoints, ledger, resolved config.")
+    seed: int = Field(0, description="Seed for every component (prompt splits, sampling, pairing, init).")
+    task: Literal["math", "code"] = Field("math", description="Task family: answer extraction and labelling rules.")
+    iterations: int = Field(1, ge=1, description="Iterations, each over its own disjoint split of the prompts.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many learner steps in total (None: run all iterations)."
+    )
+    steps_per_iteration: int | None = Field(
+        None, ge=1, description="Learner steps per iteration (None: derived from the split size and batch size)."
+    )
+    log_every: int = Field(1, ge=1, description="Console line every N steps.")
+
+
+class ModelSection(Section):
+    path: str | None = Field(
+        None,
+        description="Hugging Face model directory of the initial policy. None: `pfrl bootstrap` builds the "
+        "tiny model for `run.task` into `model.bootstrap_dir` (reused when already there).",
+    )
+    bootstrap_dir: str = Field(
+        ".pfrl-cache/models", description="Where the tiny bootstrap models are built and cached."
+    )
+    max_length: int = Field(512, ge=16, description="Maximum prompt + completion tokens.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on CUDA, float32 on CPU."
+    )
+
+
+class DataSection(Section):
+    train_file: str | None = Field(
+        None, description="JSONL problems (id, prompt, answer | entry_point/test_inputs/test_outputs). "
+        "None: MODEL/data/train.jsonl."
+    )
+    heldout_file: str | None = Field(None, description="JSONL held-out problems for eval. None: MODEL/data/heldout.jsonl.")
+    prompts_per_iteration: int | None = Field(
+        None, ge=1, description="Size of each iteration's disjoint split (None: the file split evenly)."
+    )
+    max_bad_records: float = Field(
+        0.05, ge=0, le=1, description="Share of malformed records that is skipped and counted; above it the run stops."
+    )
+    shuffle: bool = Field(True, description="Shuffle problems (seeded) before splitting into iterations.")
+
+
+class GeneratorSection(Section):
+    num_generators: int = Field(1, ge=1, description="Generator actors, one vLLM engine each.")
+    n_samples: int = Field(8, ge=2, description="Completions sampled per prompt (the paper: 10).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (the paper: 1.0).")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling (the paper: 0.9).")
+    max_tokens: int = Field(128, ge=1, description="Maximum completion tokens.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings.")
+    prompts_per_request: int = Field(8, ge=1, description="Prompts a generator takes per engine call.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine.")
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="vLLM memory fraction (on CPU: fraction of host RAM it checks against)."
+    )
+    cpu_kvcache_gb: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE in GiB for the CPU backend.")
+    max_num_seqs: int = Field(64, ge=1, description="vLLM max concurrent sequences.")
+    enforce_eager: bool = Field(True, description="Skip CUDA graph capture (faster start, slower decode).")
+    swap_mode: Literal["pause", "drain"] = Field(
+        "drain", description="Weight swap: pause = abort nothing but swap between engine calls; drain = same, "
+        "finishing in-flight requests first (both never serve half-updated weights)."
+    )
+    stall_timeout_s: float = Field(300.0, gt=0, description="A generator silent this long is reported stalled.")
+
+
+class SandboxSection(Section):
+    backend: Literal["auto", "bwrap", "unshare", "none"] = Field(
+        "auto", description="Isolation: bubblewrap, util-linux unshare, or none (rlimits only). auto: best available."
+    )
+    timeout_s: float = Field(2.0, gt=0, description="Wall-clock limit per test.")
+    cpu_s: int = Field(2, ge=1, description="CPU-seconds limit per test (RLIMIT_CPU).")
+    memory_mb: int = Field(512, ge=32, description="Address-space limit of the program process.")
+    max_procs: int = Field(32, ge=1, description="Process-count limit inside the sandbox (fork bombs).")
+    max_output_bytes: int = Field(65536, ge=64, description="Output cap per test; beyond it the run is killed.")
+    workers: int = Field(2, ge=1, description="Programs run concurrently by one labeller.")
+
+
+class LabellerSection(Section):
+    num_labellers: int = Field(1, ge=1, description="Labeller actors.")
+    mode: Literal["auto", "reference", "self-consistency"] = Field(
+        "auto", description="auto: the record's reference when it has one, self-consistency otherwise."
+    )
+    min_vote_share: float = Field(0.5, ge=0, le=1, description="Math SC: keep a group only if the majority share reaches this.")
+    min_success_frac: float = Field(
+        0.5, ge=0, le=1, description="Code SC: drop a test input unless this share of programs ran successfully."
+    )
+    pair_strategy: Literal["one_random", "all_chosen", "margin"] = Field(
+        "one_random", description="one_random: one chosen x one rejected; all_chosen: every chosen with a random "
+        "rejected; margin: code score pairs (chosen_min_score, margin)."
+    )
+    max_pairs_per_prompt: int = Field(4, ge=1, description="Cap on pairs from one prompt.")
+    chosen_min_score: float = Field(0.5, ge=0, le=1, description="margin pairs: chosen pass fraction at least this.")
+    margin: float = Field(0.6, ge=0, le=1, description="margin pairs: score gap at least this (the paper: 6/10 SC, 4/10 frontier).")
+    verify_timeout_s: float = Field(2.0, gt=0, description="Bound on one math-verify comparison.")
+    sandbox: SandboxSection = Field(default_factory=SandboxSection)
+
+
+class LearnerSection(Section):
+    num_learners: int = Field(1, ge=1, description="Data-parallel DeepSpeed ranks (Ray actors).")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
+    loss: Literal["sigmoid", "ipo", "conservative"] = Field("sigmoid", description="DPO variant.")
+    beta: float = Field(0.1, gt=0, description="DPO beta (the paper: 0.5 math, 0.1-0.4 code).")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO: label noise rate.")
+    nll_weight: float = Field(0.0, ge=0, description="Weight of the NLL term on the chosen completion (paper: 0.2-1.0).")
+    length_normalize: bool = Field(False, description="Average log-probs over tokens instead of summing.")
+    lr: float = Field(1e-6, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
+    schedule: Literal["warmup_cosine", "constant"] = Field("warmup_cosine", description="LR schedule.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    total_steps: int | None = Field(None, ge=1, description="Cosine horizon (None: run.max_steps or derived).")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
+    pairs_per_step: int = Field(8, ge=1, description="Preference pairs per optimizer step (global batch).")
+    micro_batch_pairs: int = Field(4, ge=1, description="Pairs per micro-batch (gradient accumulation splits the step).")
+    micro_batch_tokens: int | None = Field(
+        None, ge=16, description="If set, micro-batches are packed by this token budget instead of a pair count."
+    )
+    grad_checkpointing: bool = Field(False, description="Recompute activations in backward.")
+    epochs: int = Field(1, ge=1, description="`pfrl dpo`: passes over the pairs file.")
+
+
+class BufferSection(Section):
+    capacity: int = Field(512, ge=1, description="Maximum pairs held; the oldest are evicted (counted).")
+    max_policy_lag: int = Field(
+        1, ge=0, description="Drop pairs sampled more than this many policy versions ago. 0: strict lockstep."
+    )
+    sampling: Literal["fifo", "freshest"] = Field("fifo", description="Order in which pairs leave the buffer.")
+    dedupe: bool = Field(True, description="Drop identical (prompt, chosen, rejected) pairs.")
+
+
+class SyncSection(Section):
+    every_steps: int = Field(1, ge=1, description="Publish weights to generators every N learner steps.")
+    transport: Literal["auto", "collective", "zmq"] = Field(
+        "auto", description="auto: collective (NCCL) on GPUs, zmq on CPU / where no group can be formed."
+    )
+    bucket_mb: float = Field(64.0, gt=0, description="Weight bucket size.")
+
+
+class CheckpointSection(Section):
+    every_steps: int = Field(10, ge=1, description="Full checkpoint every N steps (and at every iteration end).")
+    keep_last: int = Field(2, ge=1, description="Checkpoints kept.")
+
+
+class MetricsSection(Section):
+    tensorboard: bool = Field(True, description="Write TensorBoard events under RUN_DIR/tb.")
+    port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on this port.")
+    wandb_project: str | None = Field(None, description="Log to this wandb project (wandb must be installed).")
+    console: bool = Field(True, description="Live console view.")
+    eval_every_steps: int | None = Field(None, ge=1, description="Held-out eval every N steps (also at start and end).")
+    eval_prompts: int = Field(128, ge=1, description="Held-out problems used per eval.")
+
+
+class ClusterSection(Section):
+    ray_address: str | None = Field(None, description="Existing Ray cluster (auto | HOST:PORT). None: start local Ray.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "PACK", description="Placement-group strategy for generator and learner bundles."
+    )
+    generator_gpus: float = Field(0.0, ge=0, description="GPUs per generator actor (its TP group).")
+    learner_gpus: float = Field(0.0, ge=0, description="GPUs per learner rank.")
+    generator_cpus: float = Field(1.0, ge=0, description="CPUs reserved per generator actor.")
+    learner_cpus: float = Field(1.0, ge=0, description="CPUs reserved per learner rank.")
+    labeller_cpus: float = Field(0.5, ge=0, description="CPUs reserved per labeller actor.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (None: all).")
+
+
+class PfrlConfig(Section):
+    run: RunSection = Field(default_factory=RunSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    generator: GeneratorSection = Field(default_factory=GeneratorSection)
+    labeller: LabellerSection = Field(default_factory=LabellerSection)
+    learner: LearnerSection = Field(default_factory=LearnerSection)
+    buffer: BufferSection = Field(default_factory=BufferSection)
+    sync: SyncSection = Field(default_factory=SyncSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PfrlConfig:
+        if self.learner.pairs_per_step % self.learner.num_learners:
+            raise ValueError("learner.pairs_per_step must be a multiple of learner.num_learners")
+        if self.labeller.pair_strategy == "margin" and self.run.task != "code":
+            raise ValueError("labeller.pair_strategy=margin applies to run.task=code only")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _parse_value(raw: str) -> Any:
+    """`--set` values are YAML scalars/lists, so `1e-6`, `true`, `[a, b]` and `null` all work."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def _apply_override(tree: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set {item}: expected section.key=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = _parse_value(raw)
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(root)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}:{where} invalid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of sections")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PfrlConfig:
+    """Build a validated config from an optional YAML file plus dotted overrides."""
+    tree = read_yaml(path) if path is not None else {}
+    for item in overrides or []:
+        _apply_override(tree, item)
+    source = str(path) if path is not None else "config"
+    if overrides:
+        source += " (with --set)"
+    try:
+        return PfrlConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, source)) from None

@@ -1,0 +1,123 @@
+"""Reading and writing JSONL problem files with line-numbered, user-facing errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pfrl.errors import UserError
+from pfrl.types import Problem
+
+_PROBLEM_FIELDS = {"id", "prompt", "answer", "reference", "entry_point", "test_inputs", "test_outputs"}
+
+
+@dataclass
+class ProblemFile:
+    """Problems read from a file, and the records that were skipped (line number, reason)."""
+
+    path: str
+    problems: list[Problem]
+    bad: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _as_str_list(value: Any, key: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{key} must be a list of strings")
+    return value
+
+
+def parse_problem(obj: Any) -> Problem:
+    """One JSON object -> Problem, or ValueError naming what is wrong."""
+    if not isinstance(obj, dict):
+        raise ValueError("record is not a JSON object")
+    for key in ("id", "prompt"):
+        if key not in obj:
+            raise ValueError(f"missing {key!r}")
+    prompt = obj["prompt"]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("empty prompt")
+    return Problem(
+        id=str(obj["id"]),
+        prompt=prompt,
+        answer=None if obj.get("answer") is None else str(obj["answer"]),
+        reference=None if obj.get("reference") is None else str(obj["reference"]),
+        entry_point=obj.get("entry_point") or None,
+        test_inputs=_as_str_list(obj.get("test_inputs"), "test_inputs"),
+        test_outputs=_as_str_list(obj.get("test_outputs"), "test_outputs"),
+    )
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any | ValueError]]:
+    """Yield (line number, parsed object or the ValueError it raised); blank lines are skipped."""
+    p = Path(path)
+    try:
+        fh = p.open(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"{p}: cannot read ({e.strerror})") from None
+    with fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield lineno, ValueError(f"invalid JSON ({e.msg})")
+
+
+def read_problems(path: str | Path, max_bad: float = 0.0) -> ProblemFile:
+    """Read a problem file. Up to `max_bad` (a share) malformed records are skipped and counted;
+    more, or an empty file, is a UserError naming the first bad line."""
+    problems: list[Problem] = []
+    bad: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    for lineno, obj in iter_jsonl(path):
+        try:
+            if isinstance(obj, ValueError):
+                raise obj
+            problem = parse_problem(obj)
+            if problem.id in seen:
+                raise ValueError(f"duplicate id {problem.id!r}")
+        except ValueError as e:
+            bad.append((lineno, str(e)))
+            continue
+        seen.add(problem.id)
+        problems.append(problem)
+    total = len(problems) + len(bad)
+    if not problems:
+        first = f" (line {bad[0][0]}: {bad[0][1]})" if bad else ""
+        raise UserError(f"{path}: no valid problems{first}")
+    if bad and len(bad) > max_bad * total:
+        line, why = bad[0]
+        raise UserError(f"{path}: line {line}: {why} ({len(bad)} bad of {total} records)")
+    return ProblemFile(str(path), problems, bad)
+
+
+def problem_to_dict(problem: Problem) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": problem.id, "prompt": problem.prompt}
+    for key in ("answer", "reference", "entry_point"):
+        if getattr(problem, key) is not None:
+            out[key] = getattr(problem, key)
+    if problem.test_inputs:
+        out["test_inputs"] = problem.test_inputs
+    if problem.test_outputs:
+        out["test_outputs"] = problem.test_outputs
+    return out
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write rows atomically (temp file + rename), so a crash never leaves half a file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    n = 0
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    tmp.replace(p)
+    return n

@@ -1,0 +1,145 @@
+"""Typed messages that cross process boundaries.
+
+Everything that travels between the controller, generators, labellers, buffer and learner is one
+of these dataclasses. `encode`/`decode` frame them with msgpack (a type tag plus plain fields):
+no pickles on the data plane, and a message of the wrong shape fails loudly on decode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+
+@dataclass(slots=True)
+class Problem:
+    """One record of the JSONL problem schema (math: answer; code: entry_point/test_inputs/test_outputs)."""
+
+    id: str
+    prompt: str
+    answer: str | None = None
+    reference: str | None = None
+    entry_point: str | None = None
+    test_inputs: list[str] = field(default_factory=list)
+    test_outputs: list[str] = field(default_factory=list)
+
+    @property
+    def reference_label(self) -> str | None:
+        """What reference-mode labelling compares against: a solution/answer for math."""
+        return self.reference if self.reference is not None else self.answer
+
+
+@dataclass(slots=True)
+class PromptItem:
+    """A problem scheduled for sampling, with where it sits in the run."""
+
+    problem: Problem
+    iteration: int
+    attempt: int = 0
+
+
+@dataclass(slots=True)
+class RolloutGroup:
+    """N completions sampled for one prompt by one policy version."""
+
+    item: PromptItem
+    completions: list[str]
+    token_ids: list[list[int]]
+    finish_reasons: list[str]
+    prompt_tokens: int
+    completion_tokens: int
+    policy_version: int
+    generator_id: int = 0
+    gen_s: float = 0.0
+
+
+@dataclass(slots=True)
+class LabelledGroup:
+    """Pseudo-feedback outcome of one rollout group."""
+
+    prompt_id: str
+    iteration: int
+    policy_version: int
+    label: str | None
+    scores: list[float]
+    pairs: list[tuple[int, int]]
+    skipped: str | None = None
+    vote_share: float | None = None
+    pseudo_outputs: list[str | None] | None = None
+    label_s: float = 0.0
+
+
+@dataclass(slots=True)
+class PreferencePair:
+    """One DPO example, tagged with the policy version that sampled it."""
+
+    prompt_id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    policy_version: int
+    iteration: int = 0
+
+
+@dataclass(slots=True)
+class TensorMeta:
+    name: str
+    dtype: str
+    shape: list[int]
+    offset: int
+    nbytes: int
+
+
+@dataclass(slots=True)
+class WeightsMeta:
+    """Header of one weight bucket; the raw bytes travel next to it (no copies through msgpack)."""
+
+    version: int
+    bucket: int
+    num_buckets: int
+    tensors: list[TensorMeta]
+
+
+_TYPES: dict[str, type] = {
+    t.__name__: t
+    for t in (Problem, PromptItem, RolloutGroup, LabelledGroup, PreferencePair, TensorMeta, WeightsMeta)
+}
+
+
+def to_plain(msg: Any) -> Any:
+    """Dataclass tree -> tagged plain data, msgpack-ready."""
+    if dataclasses.is_dataclass(msg) and not isinstance(msg, type):
+        out = {f.name: to_plain(getattr(msg, f.name)) for f in dataclasses.fields(msg)}
+        out["__t"] = type(msg).__name__
+        return out
+    if isinstance(msg, list | tuple):
+        return [to_plain(v) for v in msg]
+    if isinstance(msg, dict):
+        return {k: to_plain(v) for k, v in msg.items()}
+    return msg
+
+
+def from_plain(data: Any) -> Any:
+    if isinstance(data, dict):
+        tag = data.get("__t")
+        fields = {k: from_plain(v) for k, v in data.items() if k != "__t"}
+        if tag is None:
+            return fields
+        cls = _TYPES.get(tag)
+        if cls is None:
+            raise ValueError(f"unknown message type {tag!r}")
+        return cls(**fields)
+    if isinstance(data, list):
+        return [from_plain(v) for v in data]
+    return data
+
+
+def encode(msg: Any) -> bytes:
+    return msgpack.packb(to_plain(msg), use_bin_type=True)
+
+
+def decode(raw: bytes) -> Any:
+    return from_plain(msgpack.unpackb(raw, raw=False))

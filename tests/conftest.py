@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny real model directories built locally (no hub)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Keep vLLM-on-CPU and torch inside this 2-core, 24 GiB machine's means.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_math_model(tmp_path_factory) -> str:
+    """A random-weight tiny Llama + BPE tokenizer over the synthetic math corpus (HF directory)."""
+    from pfrl.tasks.synthetic_math import generate
+    from pfrl.tiny import save_random_model
+
+    out = tmp_path_factory.mktemp("tiny-math-random")
+    texts = [p.prompt + s for p, s in generate(500, seed=0)]
+    return str(save_random_model(out, texts, seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_code_model(tmp_path_factory) -> str:
+    """A random-weight tiny Llama + tokenizer over the synthetic code corpus (HF directory)."""
+    from pfrl.tasks.synthetic_code import generate
+    from pfrl.tiny import save_random_model
+
+    out = tmp_path_factory.mktemp("tiny-code-random")
+    texts = [p.prompt + s for p, s in generate(500, seed=0)]
+    return str(save_random_model(out, texts, seed=0))
