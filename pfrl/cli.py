@@ -1,8 +1,8 @@
 """`pfrl` entry point.
 
 Each subcommand lives in `pfrl.commands.<name>` with `add_arguments(parser)` and `run(args) -> int`.
-Command modules import torch/vllm/ray/deepspeed inside `run`, so `pfrl --help` and config
-validation stay instant. A `UserError` anywhere ends in one line on stderr and exit code 2.
+Only the chosen command's module is imported, and command modules import torch/vllm/ray/deepspeed
+inside `run`, so `pfrl --help` and config validation stay instant. A `UserError` anywhere ends in one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -26,19 +26,23 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser for `command`; the other subcommands are listed but not imported."""
     parser = argparse.ArgumentParser(prog="pfrl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f"pfrl.commands.{name}")
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(p)
-        p.set_defaults(_module=module)
+        if name == command:
+            module = importlib.import_module(f"pfrl.commands.{name}")
+            module.add_arguments(p)
+            p.set_defaults(_module=module)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:
         return int(args._module.run(args) or 0)
     except UserError as e:
