@@ -86,22 +86,75 @@ class GeneratorSection(Section):
     max_num_seqs: int = Field(64, ge=1, description="vLLM max concurrent sequences.")
     enforce_eager: bool = Field(True, description="Skip CUDA graph capture (faster start, slower decode).")
     swap_mode: Literal["pause", "drain"] = Field(
-        "drain", description="Weight swap: pause = abort nothing but swap between engine calls; drain = same, "
-        "finishing in-flight requests first (both never serve half-updated weights)."
+        "drain", description="Weight swap: drain = wait for the engine call in flight to finish, then swap; "
+        "pause = stop it at the next engine step, swap, and sample its unfinished prompts again under the new "
+        "weights. Either way each group comes from one policy version and no request sees half-updated weights."
     )
-    stall_timeout_s: float = Field(300.0, gt=0, description="A generator silent this long is reported stalled.")
+    stall_timeout_s: float = Field(
+        300.0, gt=0, description="A generator whose rollouts find no room downstream for this long is reported stalled."
+    )
+    max_restarts: int = Field(3, ge=-1, description="Ray restarts of a dead generator actor (-1: unlimited).")
 
 
 class SandboxSection(Section):
     backend: Literal["auto", "bwrap", "unshare", "none"] = Field(
-        "auto", description="Isolation: bubblewrap, util-linux unshare, or none (rlimits only). auto: best available."
+        "auto", description="Isolation: bubblewrap, util-linux unshare, or none (rlimits only). auto: the best "
+        "one that works here (bwrap, then unshare, then none with a logged warning)."
     )
     timeout_s: float = Field(2.0, gt=0, description="Wall-clock limit per test.")
-    cpu_s: int = Field(2, ge=1, description="CPU-seconds limit per test (RLIMIT_CPU).")
-    memory_mb: int = Field(512, ge=32, description="Address-space limit of the program process.")
-    max_procs: int = Field(32, ge=1, description="Process-count limit inside the sandbox (fork bombs).")
+    cpu_s: int = Field(2, ge=1, description="CPU-seconds limit per test and process (RLIMIT_CPU).")
+    memory_mb: int = Field(512, ge=32, description="Address-space limit per program process (RLIMIT_AS).")
+    max_procs: int = Field(
+        16, ge=2, description="Processes (and threads) one program may have at once, fork bombs included. "
+        "Memory is limited per process, so one program can hold at most max_procs x memory_mb."
+    )
     max_output_bytes: int = Field(65536, ge=64, description="Output cap per test; beyond it the run is killed.")
-    workers: int = Field(2, ge=1, description="Programs run concurrently by one labeller.")
+    scratch_mb: int = Field(
+        16, ge=1, description="Size of the program's writable scratch directory (and of any single file it writes)."
+    )
+    workers: int = Field(2, ge=1, le=64, description="Programs run concurrently by one labeller (the pool).")
+    startup_timeout_s: float = Field(
+        20.0, gt=0, description="Time allowed for the sandbox and interpreter to start before the first result."
+    )
+    uid_base: int = Field(
+        2_000_000_000, ge=1000, description="As root, programs run as uid_base + an offset per pool slot and "
+        "process: an unprivileged uid no real account uses, so process limits and file permissions bite."
+    )
+    python: str | None = Field(
+        None, description="Interpreter that runs programs. None: the base interpreter of the running Python "
+        "(stdlib only: the virtual environment is not visible inside the sandbox)."
+    )
+    ro_binds: list[str] = Field(
+        default_factory=list, description="bwrap: extra host paths made visible read-only (e.g. a site-packages "
+        "directory with numpy). Everything else outside the system directories stays hidden."
+    )
+
+
+class FrontierSection(Section):
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible API root, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1."
+    )
+    model: str | None = Field(None, description="Model name sent with each request.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the API key (unset: no Authorization header)."
+    )
+    concurrency: int = Field(4, ge=1, description="Requests in flight at once.")
+    max_retries: int = Field(4, ge=0, description="Retries of a failed request (connection errors, 429, 5xx, bad JSON).")
+    backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles on every retry (plus jitter).")
+    timeout_s: float = Field(120.0, gt=0, description="Timeout of one HTTP request.")
+    cache_dir: str | None = Field(
+        ".pfrl-cache/frontier", description="On-disk cache of replies keyed by the full request (None: no cache)."
+    )
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature of the frontier model.")
+    max_tokens: int = Field(1024, ge=1, description="Maximum tokens per reply.")
+    num_test_inputs: int = Field(10, ge=1, description="Test inputs to ask for per code problem (the paper: ~10).")
+    max_input_chars: int = Field(200, ge=8, description="Longest test input accepted (and enforced by the JSON schema).")
+    structured_output: bool = Field(
+        True, description="Send a JSON schema as response_format so the server enforces valid JSON."
+    )
+    prompt_dir: str | None = Field(
+        None, description="Directory of the prompt templates (None: configs/prompts shipped with pfrl)."
+    )
 
 
 class LabellerSection(Section):
@@ -122,6 +175,7 @@ class LabellerSection(Section):
     margin: float = Field(0.6, ge=0, le=1, description="margin pairs: score gap at least this (the paper: 6/10 SC, 4/10 frontier).")
     verify_timeout_s: float = Field(2.0, gt=0, description="Bound on one math-verify comparison.")
     sandbox: SandboxSection = Field(default_factory=SandboxSection)
+    frontier: FrontierSection = Field(default_factory=FrontierSection)
 
 
 class LearnerSection(Section):
@@ -138,6 +192,7 @@ class LearnerSection(Section):
     schedule: Literal["warmup_cosine", "constant"] = Field("warmup_cosine", description="LR schedule.")
     warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
     total_steps: int | None = Field(None, ge=1, description="Cosine horizon (None: run.max_steps or derived).")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="warmup_cosine: the lr the cosine ends at, as a share of lr.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
     pairs_per_step: int = Field(8, ge=1, description="Preference pairs per optimizer step (global batch).")
     micro_batch_pairs: int = Field(4, ge=1, description="Pairs per micro-batch (gradient accumulation splits the step).")
@@ -145,7 +200,13 @@ class LearnerSection(Section):
         None, ge=16, description="If set, micro-batches are packed by this token budget instead of a pair count."
     )
     grad_checkpointing: bool = Field(False, description="Recompute activations in backward.")
+    zero3_persistence_threshold: int = Field(
+        100_000, ge=0, description="ZeRO-3: parameters with fewer elements stay whole on every rank (fewer gathers)."
+    )
     epochs: int = Field(1, ge=1, description="`pfrl dpo`: passes over the pairs file.")
+    start_timeout_s: float = Field(
+        300.0, gt=0, description="Time allowed for the learner ranks to be placed by Ray and build their engines."
+    )
 
 
 class BufferSection(Section):
@@ -163,6 +224,9 @@ class SyncSection(Section):
         "auto", description="auto: collective (NCCL) on GPUs, zmq on CPU / where no group can be formed."
     )
     bucket_mb: float = Field(64.0, gt=0, description="Weight bucket size.")
+    timeout_s: float = Field(
+        120.0, gt=0, description="Bound on each wait of a weight sync (group rendezvous, a bucket, the handshake)."
+    )
 
 
 class CheckpointSection(Section):

@@ -1,0 +1,27 @@
+"""`pfrl bench NAME ...`: benchmarks that print figures (side by side, as ratios), never assert."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHES = {
+    "generate": "vLLM generator vs Hugging Face generate: tokens/s and ratio",
+    "sync": "weight-sync transports vs an in-memory copy: GB/s and ratio",
+    "learner": "DeepSpeed DPO vs a plain PyTorch loop: tokens/s and ratio",
+    "sandbox": "sandboxed vs bare program execution: programs x tests/s and ratio",
+    "chaos": "kill -9 / resume trials of `pfrl train`: faults injected, survived, prompts lost",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="bench", required=True, metavar="NAME")
+    for name, help_text in BENCHES.items():
+        bp = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(f"pfrl.bench.{name}")
+        module.add_arguments(bp)
+        bp.set_defaults(_bench=module)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args._bench.run(args) or 0)

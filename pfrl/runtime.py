@@ -1,0 +1,25 @@
+"""Where we run: CUDA or CPU, and the engine settings that follow from it."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+
+@functools.cache
+def has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def vllm_engine_kwargs(gpu_memory_utilization: float = 0.3, kvcache_gb: int = 1, enforce_eager: bool = True) -> dict:
+    """vLLM `LLM(...)` settings for this machine. On CPU, gpu_memory_utilization is a share of host
+    RAM and the KV cache is sized by VLLM_CPU_KVCACHE_SPACE (GiB), read when the engine starts."""
+    if has_cuda():
+        return {"gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": enforce_eager}
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kvcache_gb))
+    return {"gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": True, "dtype": "float32"}
