@@ -1,0 +1,264 @@
+"""Weight sync: one interface over two transports, and the handshake the controller runs.
+
+Learner rank 0 publishes `(version, named tensors)` bucket by bucket; every vLLM worker of every
+generator receives them (in its worker extension, `pfrl.transport.vllm_worker`) and applies them
+with the model's `load_weights`, then reports the version it serves. Transports:
+
+- `collective`: broadcast over a dedicated process group (NCCL on GPUs, gloo on CPU);
+- `zmq`: msgpack header + raw frames over ZMQ, for CPU, across nodes, and where no group forms.
+
+`sync_weights` runs the handshake (see docs/generation.md):
+  1. `gen.prepare_sync(transport)` on every generator -> `ReceiverInfo` (no engine access);
+  2. the controller picks the transport, and for `collective` hosts the group's TCPStore;
+  3. `learner.publish_weights(version, sender_spec)` and `gen.receive_weights(version, spec)` run
+     concurrently; each generator swaps between engine calls, never mid-request.
+Specs cross Ray as plain dicts made from the dataclasses below (`to_dict` / `from_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pfrl.transport.buckets import Named, SyncError
+from pfrl.transport.collective import GroupSpec
+
+log = logging.getLogger(__name__)
+
+TRANSPORTS = ("collective", "zmq")
+
+
+@dataclass(slots=True)
+class SenderSpec:
+    """What learner rank 0 needs to publish one version."""
+
+    transport: str
+    bucket_bytes: int
+    timeout_s: float
+    zmq_addrs: list[str] = field(default_factory=list)
+    group: GroupSpec | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SenderSpec:
+        group = GroupSpec(**d["group"]) if d["group"] is not None else None
+        return cls(d["transport"], d["bucket_bytes"], d["timeout_s"], list(d["zmq_addrs"]), group)
+
+
+@dataclass(slots=True)
+class ReceiverSpec:
+    """What one generator's workers need to receive one version; worker r of the generator is
+    rank `base_rank + r` of the collective group."""
+
+    transport: str
+    timeout_s: float
+    group: GroupSpec | None = None
+    base_rank: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ReceiverSpec:
+        group = GroupSpec(**d["group"]) if d["group"] is not None else None
+        return cls(d["transport"], d["timeout_s"], group, d["base_rank"])
+
+
+@dataclass(slots=True)
+class ReceiverInfo:
+    """A generator's answer to `prepare_sync`: how its workers can be reached."""
+
+    generator_id: int
+    instance_id: str  # new on every (re)start of the actor
+    transport: str  # the requested transport with `auto` resolved for this generator's device
+    device: str
+    zmq_addrs: list[str]  # one per vLLM worker
+    group_id: str | None  # the collective group its workers are in, if any
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ReceiverInfo:
+        return cls(**d)
+
+
+@dataclass(slots=True)
+class SendStats:
+    version: int
+    transport: str
+    buckets: int
+    bytes: int
+    receivers: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def resolve_transport(requested: str, device: str) -> str:
+    """`auto`: the collective on GPUs (NCCL), ZMQ on CPU."""
+    if requested == "auto":
+        return "collective" if device == "cuda" else "zmq"
+    if requested not in TRANSPORTS:
+        raise ValueError(f"unknown weight transport {requested!r}")
+    return requested
+
+
+def send_weights(spec: SenderSpec, version: int, buckets: Iterable[Named]) -> SendStats:
+    """Learner side: stream `buckets` to every receiver named in `spec` (transport `none`: only
+    iterate them, for the ZeRO-3 ranks other than 0)."""
+    start = time.perf_counter()
+    if spec.transport == "none":
+        count = sum(1 for _ in buckets)  # a follower rank: take part in the gathers, send nothing
+        return SendStats(version, "none", count, 0, 0, time.perf_counter() - start)
+    if spec.transport == "zmq":
+        from pfrl.transport.zmq_weights import ZmqWeightSender
+
+        sender = ZmqWeightSender(spec.zmq_addrs, spec.timeout_s)
+        try:
+            count, nbytes = sender.send(version, buckets)
+        finally:
+            sender.close()
+        receivers = len(spec.zmq_addrs)
+    else:
+        from pfrl.transport import collective
+
+        assert spec.group is not None, "a collective sender spec carries its group"
+        pg = collective.join(spec.group, 0, spec.timeout_s)
+        count, nbytes = collective.send(pg, spec.group.backend, version, buckets)
+        receivers = spec.group.world_size - 1
+    return SendStats(version, spec.transport, count, nbytes, receivers, time.perf_counter() - start)
+
+
+@dataclass
+class _HostedGroup:
+    """The controller's side of a collective group: the TCPStore everyone rendezvouses on."""
+
+    spec: GroupSpec
+    members: tuple[str, ...]  # generator instance ids, in rank order
+    store: Any
+
+
+class WeightSync:
+    """Controller-side state across syncs: the hosted collective group (reused while the same
+    generator instances are in it) and whether `auto` fell back to ZMQ."""
+
+    def __init__(self) -> None:
+        self._group: _HostedGroup | None = None
+        self.zmq_fallback = False
+        self.last_transport: str | None = None
+
+    def _group_for(self, infos: list[ReceiverInfo], workers: list[int], backend: str) -> GroupSpec:
+        members = tuple(i.instance_id for i in infos)
+        g = self._group
+        if g and g.members == members and all(i.group_id == g.spec.group_id for i in infos):
+            return g.spec
+        import torch.distributed as dist
+
+        from pfrl.transport.streams import local_ip
+
+        host = local_ip()
+        store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False)
+        spec = GroupSpec(host, store.port, uuid.uuid4().hex[:12], 1 + sum(workers), backend)
+        self._group = _HostedGroup(spec, members, store)
+        return spec
+
+    def plan(self, infos: list[ReceiverInfo], cfg: Any) -> tuple[SenderSpec, list[ReceiverSpec]]:
+        transports = {i.transport for i in infos}
+        if len(transports) != 1:
+            raise SyncError(f"generators disagree on the weight transport: {sorted(transports)}")
+        transport = "zmq" if self.zmq_fallback and cfg.transport == "auto" else transports.pop()
+        self.last_transport = transport
+        bucket_bytes = int(cfg.bucket_mb * 2**20)
+        if transport == "zmq":
+            addrs = [a for i in infos for a in i.zmq_addrs]
+            recv = [ReceiverSpec("zmq", cfg.timeout_s) for _ in infos]
+            return SenderSpec("zmq", bucket_bytes, cfg.timeout_s, addrs), recv
+        workers = [len(i.zmq_addrs) for i in infos]
+        backend = "nccl" if infos[0].device == "cuda" else "gloo"
+        group = self._group_for(infos, workers, backend)
+        bases = [1 + sum(workers[:k]) for k in range(len(infos))]
+        recv = [ReceiverSpec("collective", cfg.timeout_s, group, b) for b in bases]
+        return SenderSpec("collective", bucket_bytes, cfg.timeout_s, group=group), recv
+
+    def forget_group(self) -> None:
+        self._group = None
+
+    def fall_back_to_zmq(self) -> None:
+        self.zmq_fallback = True
+        self._group = None
+
+
+_STATE = WeightSync()
+
+
+def _run_once(
+    learner: Any, followers: Sequence[Any], gens: Sequence[Any], version: int, cfg: Any, state: WeightSync
+) -> dict[str, Any]:
+    import ray
+
+    start = time.perf_counter()
+    infos = [
+        ReceiverInfo.from_dict(d)
+        for d in ray.get([g.prepare_sync.remote(cfg.transport) for g in gens], timeout=cfg.timeout_s)
+    ]
+    sender, receivers = state.plan(infos, cfg)
+    pub = learner.publish_weights.remote(version, sender.to_dict())
+    follow = SenderSpec("none", sender.bucket_bytes, cfg.timeout_s).to_dict()
+    rest = [f.publish_weights.remote(version, follow) for f in followers]
+    recvs = [g.receive_weights.remote(version, r.to_dict()) for g, r in zip(gens, receivers, strict=True)]
+    try:
+        sent, *results = ray.get([pub, *recvs], timeout=2 * cfg.timeout_s)
+        ray.get(rest, timeout=2 * cfg.timeout_s)
+    except Exception as e:
+        state.forget_group()  # members may be stuck mid-collective: the next sync forms a new group
+        raise SyncError(f"weight sync of version {version} failed: {e}") from e
+    latency = time.perf_counter() - start
+    served = [r["version"] for r in results]
+    if any(v != version for v in served):
+        raise SyncError(f"generators serve versions {served} after syncing version {version}")
+    return {
+        "version": version,
+        "transport": sender.transport,
+        "latency_ms": 1000 * latency,
+        "bytes": sent["bytes"],
+        "buckets": sent["buckets"],
+        "gbps": sent["bytes"] / latency / 1e9,
+        "publish_s": sent["seconds"],
+        "receive_s": [r["seconds"] for r in results],
+        "versions": served,
+    }
+
+
+def sync_weights(
+    learner_rank0_handle: Any,
+    generator_handles: Sequence[Any],
+    version: int,
+    sync_cfg: Any,
+    learner_followers: Sequence[Any] = (),
+    state: WeightSync | None = None,
+) -> dict[str, Any]:
+    """Push the learner's weights as `version` to every generator; returns latency (ms), bytes,
+    GB/s (payload bytes / latency) and the version each generator now serves. Raises SyncError.
+
+    `learner_followers` are the other learner ranks: under ZeRO-3 they must walk the same bucket
+    gathers as rank 0, so they are asked to `publish_weights(version, spec)` alongside it with a
+    spec whose transport is `none` (walk the buckets, send nothing).
+    With `sync.transport=auto`, a collective that cannot be formed falls back to ZMQ for good."""
+    state = state or _STATE
+    try:
+        return _run_once(learner_rank0_handle, learner_followers, generator_handles, version, sync_cfg, state)
+    except SyncError as e:
+        if sync_cfg.transport != "auto" or state.last_transport != "collective":
+            raise
+        log.warning("collective weight sync failed (%s); falling back to ZMQ", e)
+        state.fall_back_to_zmq()
+        return _run_once(learner_rank0_handle, learner_followers, generator_handles, version, sync_cfg, state)
