@@ -1,0 +1,304 @@
+"""The generator engine: one vLLM engine that samples rollout groups and takes new weights.
+
+`GeneratorEngine` is a plain class (the Ray actor in `actors/generator.py` is thin glue over it).
+It samples `n_samples` completions per prompt with the configured sampling parameters and a
+per-request seed derived from (run seed, prompt id, attempt, policy version), so a run is
+reproducible. Weight swaps and engine calls take turns through a `SwapGate`:
+
+- `swap_mode=drain`: a swap waits for the current engine call to finish;
+- `swap_mode=pause`: the engine call stops at the next step, its unfinished requests are aborted,
+  the swap runs, and those prompts are sampled again from scratch under the new weights.
+
+Either way a group is sampled by exactly one policy version, and no request ever runs on
+half-updated weights (the swap itself happens between engine steps, inside the workers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pfrl.config import GeneratorSection, ModelSection, SyncSection
+from pfrl.errors import UserError
+from pfrl.transport.buckets import SyncError
+from pfrl.transport.weights import ReceiverInfo, resolve_transport
+from pfrl.types import PromptItem, RolloutGroup
+
+WORKER_EXTENSION = "pfrl.transport.vllm_worker.WeightSyncExtension"
+
+
+class WeightsIncomplete(RuntimeError):
+    """A weight sync failed part-way: the engine refuses to sample until a full sync succeeds."""
+
+
+def request_seed(run_seed: int, prompt_id: str, attempt: int, version: int) -> int:
+    """A stable 31-bit sampling seed per (run, prompt, attempt, policy version)."""
+    key = f"{run_seed}/{prompt_id}/{attempt}/{version}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "little") & 0x7FFFFFFF
+
+
+class SwapGate:
+    """Engine calls and weight swaps take turns; a waiting swap goes before the next engine call."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._swapping = False
+        self._swaps_waiting = 0
+
+    def _free(self) -> bool:
+        return not self._busy and not self._swapping
+
+    @contextmanager
+    def engine_call(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._free() and self._swaps_waiting == 0)
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    @contextmanager
+    def swap(self) -> Iterator[None]:
+        with self._cond:
+            self._swaps_waiting += 1
+            self._cond.wait_for(self._free)
+            self._swaps_waiting -= 1
+            self._swapping = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._swapping = False
+                self._cond.notify_all()
+
+    def swap_waiting(self) -> bool:
+        return self._swaps_waiting > 0
+
+    def yield_to_swaps(self) -> None:
+        """Inside `engine_call`: let every waiting swap run, then take the engine back."""
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._free() and self._swaps_waiting == 0)
+            self._busy = True
+
+
+def _dtype(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def _build_llm(model_path: str, gen: GeneratorSection, model: ModelSection, seed: int) -> Any:
+    if not (Path(model_path) / "config.json").is_file():
+        raise UserError(f"{model_path}: not a Hugging Face model directory (no config.json)")
+    # The CPU backend reads its KV-cache size from the environment when the engine starts.
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gen.cpu_kvcache_gb)
+    from vllm import LLM
+
+    return LLM(
+        model=model_path,
+        dtype=_dtype(model.dtype),
+        seed=seed,
+        max_model_len=model.max_length,
+        tensor_parallel_size=gen.tensor_parallel_size,
+        gpu_memory_utilization=gen.gpu_memory_utilization,
+        max_num_seqs=gen.max_num_seqs,
+        enforce_eager=gen.enforce_eager,
+        worker_extension_cls=WORKER_EXTENSION,
+    )
+
+
+class GeneratorEngine:
+    """One vLLM engine (CPU or CUDA, tensor parallel over its GPUs) that samples rollout groups."""
+
+    def __init__(
+        self,
+        model_path: str,
+        gen_cfg: GeneratorSection,
+        model_cfg: ModelSection,
+        sync_cfg: SyncSection,
+        seed: int,
+        generator_id: int = 0,
+    ):
+        self.cfg, self.model_cfg, self.sync_cfg = gen_cfg, model_cfg, sync_cfg
+        self.seed, self.generator_id = seed, generator_id
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.policy_version = 0
+        self._gate = SwapGate()
+        self._weights_ok = True
+        self._group_id: str | None = None
+        self._next_request = 0
+        self._llm = _build_llm(model_path, gen_cfg, model_cfg, seed)
+        self._tokenizer = self._llm.get_tokenizer()
+        # Each worker binds its weight receiver now, so `receiver_info` never needs the engine.
+        self._workers = self._llm.collective_rpc("pfrl_receiver_info")
+
+    # -- sampling -------------------------------------------------------------------------------
+
+    def generate(self, items: list[PromptItem]) -> list[RolloutGroup]:
+        """Sample `n_samples` completions for every item; groups come back in input order."""
+        if not items:
+            return []
+        with self._gate.engine_call():
+            if not self._weights_ok:
+                raise WeightsIncomplete(f"generator {self.generator_id}: last weight sync failed part-way")
+            return self._generate_locked(items)
+
+    def _generate_locked(self, items: list[PromptItem]) -> list[RolloutGroup]:
+        start = time.perf_counter()
+        prompts = [self._tokenizer.encode(it.problem.prompt) for it in items]
+        groups: dict[int, RolloutGroup] = {}
+        for i, ids in enumerate(prompts):
+            if len(ids) >= self.model_cfg.max_length:
+                groups[i] = self._empty_group(items[i], len(ids))
+        while len(groups) < len(items):
+            todo = [i for i in range(len(items)) if i not in groups]
+            version = self.policy_version
+            finished, interrupted = self._run_requests(items, prompts, todo, version)
+            for i, out in finished.items():
+                groups[i] = self._to_group(items[i], out, version)
+            if interrupted:
+                self._gate.yield_to_swaps()
+        elapsed = time.perf_counter() - start
+        for g in groups.values():
+            g.gen_s = elapsed
+        return [groups[i] for i in range(len(items))]
+
+    def _params(self, item: PromptItem, prompt_len: int, version: int) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            # FINAL_ONLY: one output per prompt, holding all n completions once the last finishes.
+            output_kind=RequestOutputKind.FINAL_ONLY,
+            n=self.cfg.n_samples,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            max_tokens=min(self.cfg.max_tokens, self.model_cfg.max_length - prompt_len),
+            stop=list(self.cfg.stop) or None,
+            seed=request_seed(self.seed, item.problem.id, item.attempt, version),
+        )
+
+    def _run_requests(
+        self, items: list[PromptItem], prompts: list[list[int]], todo: list[int], version: int
+    ) -> tuple[dict[int, Any], bool]:
+        """Step the engine until `todo` is sampled, or (pause mode) a swap is waiting: then abort
+        what is unfinished and report the interruption."""
+        from vllm.inputs import TokensPrompt
+
+        engine = self._llm.llm_engine
+        ids: dict[str, int] = {}
+        for i in todo:
+            rid = f"g{self.generator_id}-{self._next_request}"
+            self._next_request += 1
+            engine.add_request(
+                rid,
+                TokensPrompt(prompt_token_ids=prompts[i]),
+                self._params(items[i], len(prompts[i]), version),
+            )
+            ids[rid] = i
+        finished: dict[int, Any] = {}
+        while len(finished) < len(ids):
+            if self.cfg.swap_mode == "pause" and self._gate.swap_waiting():
+                engine.abort_request([r for r, i in ids.items() if i not in finished])
+                return finished, True
+            if not engine.has_unfinished_requests():
+                raise RuntimeError(f"vLLM finished {len(finished)} of {len(ids)} requests and went idle")
+            for out in engine.step():
+                if out.finished and out.request_id in ids:
+                    finished[ids[out.request_id]] = out
+        return finished, False
+
+    def _to_group(self, item: PromptItem, out: Any, version: int) -> RolloutGroup:
+        comps = sorted(out.outputs, key=lambda c: c.index)
+        return RolloutGroup(
+            item=item,
+            completions=[c.text for c in comps],
+            token_ids=[list(c.token_ids) for c in comps],
+            finish_reasons=[str(c.finish_reason) for c in comps],
+            prompt_tokens=len(out.prompt_token_ids),
+            completion_tokens=sum(len(c.token_ids) for c in comps),
+            policy_version=version,
+            generator_id=self.generator_id,
+        )
+
+    def _empty_group(self, item: PromptItem, prompt_tokens: int) -> RolloutGroup:
+        """A prompt that leaves no room to generate comes back with no completions (never dropped:
+        a lockstep controller counts its groups)."""
+        return RolloutGroup(
+            item=item,
+            completions=[],
+            token_ids=[],
+            finish_reasons=[],
+            prompt_tokens=prompt_tokens,
+            completion_tokens=0,
+            policy_version=self.policy_version,
+            generator_id=self.generator_id,
+        )
+
+    def logprobs(self, prompt: str, continuation: str) -> list[float]:
+        """Log-probs of each token of `continuation` after `prompt` under the served weights
+        (raw model log-probs: no temperature or top-p)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        p = self._tokenizer.encode(prompt)
+        c = self._tokenizer.encode(continuation, add_special_tokens=False)
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        with self._gate.engine_call():
+            out = self._llm.generate([TokensPrompt(prompt_token_ids=p + c)], params, use_tqdm=False)[0]
+        return [out.prompt_logprobs[len(p) + j][tok].logprob for j, tok in enumerate(c)]
+
+    # -- weight sync ----------------------------------------------------------------------------
+
+    def receiver_info(self, transport: str) -> ReceiverInfo:
+        device = self._workers[0]["device"]
+        return ReceiverInfo(
+            generator_id=self.generator_id,
+            instance_id=self.instance_id,
+            transport=resolve_transport(transport, device),
+            device=device,
+            zmq_addrs=[w["addr"] for w in self._workers],
+            group_id=self._group_id,
+        )
+
+    def receive_weights(self, version: int, spec: dict[str, Any]) -> dict[str, Any]:
+        """Take `version` from the learner (between engine calls); raises SyncError on failure."""
+        with self._gate.swap():
+            start = time.perf_counter()
+            results = self._llm.collective_rpc("pfrl_receive", args=(version, spec))
+            self._group_id = results[0]["group_id"] if all(r["ok"] for r in results) else None
+            failed = [r["error"] for r in results if not r["ok"]]
+            if failed:
+                self._weights_ok = False
+                raise SyncError(f"generator {self.generator_id}: {failed[0]}")
+            # Cached KV blocks were computed by the old weights: they must not be reused.
+            if not self._llm.reset_prefix_cache():
+                self._weights_ok = False
+                raise SyncError(f"generator {self.generator_id}: prefix cache still in use after the swap")
+            self.policy_version, self._weights_ok = version, True
+            return {
+                "generator_id": self.generator_id,
+                "version": version,
+                "bytes": results[0]["bytes"],
+                "seconds": time.perf_counter() - start,
+            }
+
+    def shutdown(self) -> None:
+        """Stop the engine's processes now rather than at garbage collection."""
+        with self._gate.swap():
+            self._llm.llm_engine.engine_core.shutdown()

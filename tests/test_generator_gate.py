@@ -1,0 +1,101 @@
+"""SwapGate (engine calls and weight swaps take turns) and per-request seeds, without vLLM."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from pfrl.generation import SwapGate, request_seed
+
+
+def _run(target, *args) -> threading.Thread:
+    t = threading.Thread(target=target, args=args, daemon=True)
+    t.start()
+    return t
+
+
+def test_swap_waits_for_the_engine_call_in_flight():
+    gate, log = SwapGate(), []
+
+    def engine_call():
+        with gate.engine_call():
+            log.append("call start")
+            time.sleep(0.3)
+            log.append("call end")
+
+    def swap():
+        with gate.swap():
+            log.append("swap")
+
+    t1 = _run(engine_call)
+    time.sleep(0.05)
+    t2 = _run(swap)
+    t1.join(5)
+    t2.join(5)
+    assert log == ["call start", "call end", "swap"]
+
+
+def test_a_waiting_swap_goes_before_the_next_engine_call():
+    gate, log = SwapGate(), []
+    release = threading.Event()
+
+    def first_call():
+        with gate.engine_call():
+            release.wait(5)
+
+    def swap():
+        with gate.swap():
+            log.append("swap")
+
+    def second_call():
+        with gate.engine_call():
+            log.append("call")
+
+    t1 = _run(first_call)
+    time.sleep(0.05)
+    t2 = _run(swap)
+    time.sleep(0.05)
+    assert gate.swap_waiting()
+    t3 = _run(second_call)
+    time.sleep(0.05)
+    release.set()
+    for t in (t1, t2, t3):
+        t.join(5)
+    assert log == ["swap", "call"]
+
+
+def test_yield_to_swaps_lets_the_swap_run_inside_an_engine_call():
+    gate, log = SwapGate(), []
+
+    def engine_call():
+        with gate.engine_call():
+            log.append("step 1")
+            while not gate.swap_waiting():
+                time.sleep(0.01)
+            gate.yield_to_swaps()  # what pause mode does at a step boundary
+            log.append("step 2")
+
+    def swap():
+        with gate.swap():
+            log.append("swap")
+
+    t1 = _run(engine_call)
+    time.sleep(0.05)
+    t2 = _run(swap)
+    t1.join(5)
+    t2.join(5)
+    assert log == ["step 1", "swap", "step 2"]
+    assert not gate.swap_waiting()
+
+
+def test_request_seed_is_stable_and_depends_on_every_part():
+    base = request_seed(0, "p1", 0, 3)
+    assert base == request_seed(0, "p1", 0, 3)
+    assert 0 <= base < 2**31
+    variants = {
+        request_seed(1, "p1", 0, 3),
+        request_seed(0, "p2", 0, 3),
+        request_seed(0, "p1", 1, 3),
+        request_seed(0, "p1", 0, 4),
+    }
+    assert base not in variants and len(variants) == 4

@@ -1,0 +1,221 @@
+"""A real vLLM generator (CPU) in a local Ray cluster: streaming groups, weight sync over both
+transports checked against the learner's log-probs, a failed sync, and a Ray restart + resync.
+
+One engine serves the whole module (each start is ~40 s here); tests run in file order.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+import torch
+
+from pfrl.config import GeneratorSection, ModelSection, SyncSection
+from pfrl.types import Problem, PromptItem
+
+pytestmark = pytest.mark.slow
+
+N_SAMPLES = 3
+PROMPT = "Question: Ana has 3 apples. She buys 2 more.\nAnswer:"
+CONTINUATION = " Ana has 3 + 2 = 5 apples. The answer is \\boxed{5}."
+# Float32 on both sides; vLLM's CPU kernels sum in another order than torch's.
+LOGPROB_TOL = 1e-4
+
+
+class TinyLearner:
+    """Learner stand-in: a transformers model that publishes through learner/publish.py."""
+
+    def __init__(self, model_path: str):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+
+    @torch.no_grad()
+    def perturb(self, seed: int) -> None:
+        """A stand-in for a training step: every weight moves."""
+        g = torch.Generator().manual_seed(seed)
+        for p in self.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+    def publish_weights(self, version: int, sender_spec: dict) -> dict:
+        from learner.publish import publish
+        from pfrl.transport.buckets import ModuleWeights
+
+        return publish(ModuleWeights(self.model), version, sender_spec)
+
+    @torch.no_grad()
+    def logprobs(self, prompt: str, continuation: str) -> list[float]:
+        p = self.tokenizer.encode(prompt)
+        c = self.tokenizer.encode(continuation, add_special_tokens=False)
+        logits = self.model(torch.tensor([p + c])).logits[0]
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        return [lp[len(p) + j - 1, tok].item() for j, tok in enumerate(c)]
+
+
+def _items(n: int, start: int = 0) -> list[PromptItem]:
+    return [
+        PromptItem(Problem(id=f"q{i}", prompt=f"Question: Ben has {i} pens.\nAnswer:"), iteration=0)
+        for i in range(start, start + n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_math_model):
+    import ray
+
+    from actors.generator import spawn_generator
+
+    # Test classes are not importable by Ray workers: ship this module by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING"}})
+    gen_cfg = GeneratorSection(
+        n_samples=N_SAMPLES, max_tokens=12, prompts_per_request=2, stall_timeout_s=5, max_restarts=1
+    )
+    gen = spawn_generator(tiny_math_model, gen_cfg, ModelSection(max_length=256), SyncSection(), 0, 0, 0.5)
+    learner = ray.remote(TinyLearner).options(num_cpus=0.25).remote(tiny_math_model)
+    ray.get(gen.policy_version.remote(), timeout=300)
+    yield ray, gen, learner
+    try:
+        ray.get(gen.stop.remote(), timeout=60)
+    finally:
+        ray.shutdown()
+
+
+def _assert_same_logprobs(ray, gen, learner) -> None:
+    want = ray.get(learner.logprobs.remote(PROMPT, CONTINUATION))
+    got = ray.get(gen.logprobs.remote(PROMPT, CONTINUATION))
+    assert len(got) == len(want) > 5
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < LOGPROB_TOL
+
+
+def _stream_groups(ray, gen, items: list[PromptItem]) -> list:
+    from pfrl.transport.streams import PullStream, PushStream
+
+    prompts, rollouts = PushStream(bind=True, host="127.0.0.1"), PullStream(bind=True, host="127.0.0.1")
+    ray.get(gen.run_stream.remote(prompts.addr, rollouts.addr))
+    for item in items:
+        prompts.send(item, timeout_s=30)
+    groups = [rollouts.recv(timeout_s=120) for _ in items]
+    prompts.close()
+    rollouts.close()
+    return groups
+
+
+def test_stream_yields_groups_of_n_samples_from_version_0(cluster):
+    ray, gen, _ = cluster
+    groups = _stream_groups(ray, gen, _items(5))
+    assert sorted(g.item.problem.id for g in groups) == [f"q{i}" for i in range(5)]
+    for g in groups:
+        assert len(g.completions) == len(g.token_ids) == len(g.finish_reasons) == N_SAMPLES
+        assert all(1 <= len(ids) <= 12 for ids in g.token_ids)
+        assert g.completion_tokens == sum(len(ids) for ids in g.token_ids)
+        assert g.prompt_tokens > 5 and g.policy_version == 0 and g.generator_id == 0
+        assert set(g.finish_reasons) <= {"stop", "length"}
+    health = ray.get(gen.health.remote())
+    assert health["stream"]["groups"] == 5 and not health["stream"]["stalled"]
+
+
+def test_same_prompts_same_version_same_samples(cluster):
+    from pfrl.types import decode, encode
+
+    ray, gen, _ = cluster
+    items = _items(3, start=10)
+    first = decode(ray.get(gen.generate.remote(encode(items))))
+    second = decode(ray.get(gen.generate.remote(encode(items))))
+    assert [g.token_ids for g in first] == [g.token_ids for g in second]
+    assert len({tuple(map(tuple, g.token_ids)) for g in first}) == 3  # prompts get their own seeds
+
+
+@pytest.mark.parametrize("transport", ["zmq", "collective"])
+def test_sync_makes_generator_logprobs_equal_the_learners(cluster, transport):
+    from pfrl.transport.weights import sync_weights
+
+    ray, gen, learner = cluster
+    version = 1 if transport == "zmq" else 2
+    ray.get(learner.perturb.remote(seed=version))
+    stats = sync_weights(
+        learner, [gen], version, SyncSection(transport=transport, bucket_mb=0.25, timeout_s=60)
+    )
+    assert stats["versions"] == [version] and stats["transport"] == transport
+    assert stats["buckets"] > 4 and stats["bytes"] > 1_000_000 and stats["gbps"] > 0
+    _assert_same_logprobs(ray, gen, learner)
+    from pfrl.types import decode, encode
+
+    groups = decode(ray.get(gen.generate.remote(encode(_items(2)))))
+    assert [g.policy_version for g in groups] == [version, version]
+
+
+def _dies_after_first_bucket(model_path: str):
+    from transformers import AutoModelForCausalLM
+
+    from pfrl.transport.buckets import ModuleWeights
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    yield next(iter(ModuleWeights(model).named_weight_buckets(1 << 16)))
+    raise RuntimeError("learner died mid-publish")
+
+
+def test_a_sync_that_breaks_off_blocks_sampling_until_a_full_sync(cluster, tiny_math_model):
+    from pfrl.transport.weights import ReceiverSpec, sync_weights
+    from pfrl.transport.zmq_weights import ZmqWeightSender
+    from pfrl.types import encode
+
+    ray, gen, learner = cluster
+    info = ray.get(gen.prepare_sync.remote("zmq"))
+    receiving = gen.receive_weights.remote(3, ReceiverSpec("zmq", timeout_s=2.0).to_dict())
+    sender = ZmqWeightSender(info["zmq_addrs"], 10.0)
+    with pytest.raises(RuntimeError, match="mid-publish"):
+        sender.send(3, _dies_after_first_bucket(tiny_math_model))
+    sender.close()
+    with pytest.raises(ray.exceptions.RayTaskError, match="SyncError"):
+        ray.get(receiving, timeout=60)
+    with pytest.raises(ray.exceptions.RayTaskError, match="WeightsIncomplete"):
+        ray.get(gen.generate.remote(encode(_items(1))))
+    assert ray.get(gen.health.remote())["version"] == 2  # still reports the last complete version
+    stats = sync_weights(learner, [gen], 3, SyncSection(transport="zmq", timeout_s=60))
+    assert stats["versions"] == [3]
+    _assert_same_logprobs(ray, gen, learner)
+
+
+def _descendants(pid: int) -> list:
+    import psutil
+
+    return psutil.Process(pid).children(recursive=True)
+
+
+def test_killed_generator_is_restarted_and_resynced(cluster):
+    from pfrl.transport.streams import PullStream, PushStream
+    from pfrl.transport.weights import sync_weights
+
+    ray, gen, learner = cluster
+    before = ray.get(gen.health.remote())
+    engine_procs = _descendants(before["pid"])  # vLLM's engine core and worker processes
+    assert engine_procs
+    prompts, rollouts = PushStream(bind=True, host="127.0.0.1"), PullStream(bind=True, host="127.0.0.1")
+    ray.get(gen.run_stream.remote(prompts.addr, rollouts.addr))
+    for item in _items(6, start=20):
+        prompts.send(item, timeout_s=30)
+    assert rollouts.recv(timeout_s=120) is not None  # mid-stream
+    ray.kill(gen, no_restart=False)
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            health = ray.get(gen.health.remote(), timeout=30)
+            if health["instance_id"] != before["instance_id"]:
+                break
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass
+        assert time.monotonic() < deadline, "generator was not restarted"
+        time.sleep(1)
+    assert health["version"] == 0 and health["stream"] is None  # fresh: base weights, no stream
+    stats = sync_weights(learner, [gen], 4, SyncSection(transport="zmq", timeout_s=60))
+    assert stats["versions"] == [4]
+    _assert_same_logprobs(ray, gen, learner)
+    prompts.close()
+    rollouts.close()
+    groups = _stream_groups(ray, gen, _items(2, start=30))
+    assert [g.policy_version for g in groups] == [4, 4]
+    assert not [p for p in engine_procs if p.is_running()]  # the killed engine's processes went with it
