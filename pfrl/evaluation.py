@@ -19,7 +19,7 @@ Sampler = Callable[[list[str], int, float], list[list[str]]]
 
 @dataclass
 class Scorer:
-    """Ground-truth correctness of completions for one task."""
+    """Ground-truth judgement of completions for one task."""
 
     task: str
     verify_timeout_s: float = 2.0
@@ -36,48 +36,49 @@ class Scorer:
 
             self._sandbox = Sandbox(self.sandbox_cfg or SandboxSection())
 
-    def keys(self, problem: Problem, completions: Sequence[str]) -> list[str | None]:
-        """What a completion 'says' (its answer, or its program's outputs), for majority voting."""
+    def judge(self, problem: Problem, completions: Sequence[str]) -> list[tuple[str | None, bool]]:
+        """Per completion: what it 'says' (its answer, or its program's outputs: the majority-vote
+        key; None if nothing could be extracted) and whether it is correct."""
         if self.task == "math":
             from pfrl.feedback.answers import extract_answer
 
-            return [extract_answer(c) for c in completions]
+            answers = [extract_answer(c) for c in completions]
+            return [(a, a is not None and problem.answer is not None and self._judge.equal(a, problem.answer))
+                    for a in answers]
+        return self._judge_code(problem, completions)
+
+    def _judge_code(self, problem: Problem, completions: Sequence[str]) -> list[tuple[str | None, bool]]:
         from pfrl.feedback.code import extract_program
+        from pfrl.feedback.sandbox import SandboxJob, TestStatus
 
         programs = [extract_program(c) for c in completions]
-        results = self._sandbox.run_many([(p or "", problem.test_inputs, problem.entry_point) for p in programs])
-        return [
-            None if prog is None else "\x1f".join(r.output if r.ok else f"<{r.status}>" for r in res)
-            for prog, res in zip(programs, results, strict=True)
-        ]
-
-    def correct(self, problem: Problem, key: str | None) -> bool:
-        if key is None:
-            return False
-        if self.task == "math":
-            return problem.answer is not None and self._judge.equal(key, problem.answer)
-        return key == "\x1f".join(problem.test_outputs)
+        jobs = [SandboxJob(p, problem.test_inputs, problem.entry_point, problem.test_outputs) for p in programs]
+        out = []
+        for program, results in zip(programs, self._sandbox.run_many(jobs), strict=True):
+            key = None if program is None else "\x1f".join(r.output if r.status.ran else f"<{r.status}>" for r in results)
+            out.append((key, program is not None and all(r.status == TestStatus.PASSED for r in results)))
+        return out
 
 
-def _majority(keys: list[str | None]) -> str | None:
-    votes = Counter(k for k in keys if k is not None)
-    return votes.most_common(1)[0][0] if votes else None
+def _majority(judged: list[tuple[str | None, bool]]) -> bool:
+    """Whether the most common non-empty key is a correct one."""
+    votes = Counter(k for k, _ in judged if k is not None)
+    if not votes:
+        return False
+    top = votes.most_common(1)[0][0]
+    return any(ok for k, ok in judged if k == top)
 
 
 def evaluate(problems: list[Problem], sample: Sampler, scorer: Scorer, n: int = 1, temperature: float = 1.0) -> dict:
     """Greedy accuracy; with n > 1 also maj@n and pass@n over n samples at `temperature`."""
     prompts = [p.prompt for p in problems]
     greedy = sample(prompts, 1, 0.0)
-    greedy_ok = [scorer.correct(p, scorer.keys(p, c)[0]) for p, c in zip(problems, greedy, strict=True)]
-    result = {"problems": len(problems), "accuracy": sum(greedy_ok) / len(problems)}
+    correct = sum(scorer.judge(p, c)[0][1] for p, c in zip(problems, greedy, strict=True))
+    result = {"problems": len(problems), "accuracy": correct / len(problems)}
     if n > 1:
-        sampled = sample(prompts, n, temperature)
-        maj = pass_ = 0
-        for problem, comps in zip(problems, sampled, strict=True):
-            keys = scorer.keys(problem, comps)
-            maj += scorer.correct(problem, _majority(keys))
-            pass_ += any(scorer.correct(problem, k) for k in set(keys))
-        result.update({f"maj@{n}": maj / len(problems), f"pass@{n}": pass_ / len(problems)})
+        judged = [scorer.judge(p, c) for p, c in zip(problems, sample(prompts, n, temperature), strict=True)]
+        result[f"maj@{n}"] = sum(_majority(j) for j in judged) / len(problems)
+        result[f"pass@{n}"] = sum(any(ok for _, ok in j) for j in judged) / len(problems)
     return result
 
 

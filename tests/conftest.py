@@ -50,3 +50,21 @@ def tiny_code_model(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("tiny-code-random")
     texts = [p.prompt + s for p, s in generate(500, seed=0)]
     return str(save_random_model(out, texts, seed=0))
+
+
+@pytest.fixture(scope="session")
+def boot_math(tmp_path_factory) -> str:
+    """A tiny math model that has learned the task a little (`pfrl bootstrap --small`), with data."""
+    from pfrl.bootstrap import BootstrapSpec, bootstrap
+
+    out = tmp_path_factory.mktemp("boot-math") / "model"
+    return str(bootstrap("math", out, seed=0, spec=BootstrapSpec.small()))
+
+
+@pytest.fixture(scope="session")
+def boot_code(tmp_path_factory) -> str:
+    """A tiny code model that has learned the task a little (`pfrl bootstrap --small`), with data."""
+    from pfrl.bootstrap import BootstrapSpec, bootstrap
+
+    out = tmp_path_factory.mktemp("boot-code") / "model"
+    return str(bootstrap("code", out, seed=0, spec=BootstrapSpec.small()))

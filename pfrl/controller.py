@@ -1,0 +1,444 @@
+"""The online loop: generate -> label -> buffer -> DPO step -> weight sync, all at once.
+
+One controller process owns the run's state (prompt scheduler, replay buffer, ledger, metrics,
+checkpoints) and drives the actors over Ray:
+
+* generation and labelling are request/response calls on actors, chained by object refs (a
+  generator's output is handed to a labeller without passing through here), with at most
+  `_REQUESTS_PER_GENERATOR` requests queued per generator. Knowing which prompts each request holds
+  makes faults exact: a dead actor's prompts are re-issued, nothing else.
+* the learner runs in one background thread (step, then weight sync every `sync.every_steps`), so
+  sampling and labelling overlap training; the main thread never blocks on it.
+* staleness: prompts are only issued while the generators' weights are within `max_policy_lag`
+  versions of the learner; `max_policy_lag: 0` additionally waits for the learner and all rollouts,
+  which is the paper's strict sample -> label -> train -> sync lockstep.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pfrl.buffer import ReplayBuffer
+from pfrl.checkpoint import CheckpointStore
+from pfrl.config import PfrlConfig
+from pfrl.console import console
+from pfrl.errors import UserError
+from pfrl.fleet import Fleet, start_ray
+from pfrl.ledger import Ledger, LedgerLine
+from pfrl.metrics import MetricsLogger
+from pfrl.preflight import RunInputs, check_inputs
+from pfrl.run_meters import RunMeters
+from pfrl.scheduler import PromptScheduler, make_splits
+from pfrl.types import LabelledGroup, PreferencePair, PromptItem, RolloutGroup, decode, encode
+
+log = logging.getLogger(__name__)
+_REQUESTS_PER_GENERATOR = 2  # one running, one queued: the engine never waits for the controller
+_POLL_S = 0.1
+
+
+class RunFailed(Exception):
+    """An actor failed in a way the run cannot survive; the message names it and the cause."""
+
+
+@dataclass
+class Request:
+    """A generation request and, once sampled, its labelling request."""
+
+    generator: int
+    items: list[PromptItem]
+    gen_ref: Any
+    label_ref: Any = None
+    labeller: int = -1
+
+
+@dataclass
+class LearnerJob:
+    future: Future
+    pairs: list[PreferencePair]
+    started: float
+
+
+@dataclass
+class Counters:
+    step: int = 0
+    version: int = 0
+    generator_restarts: int = 0
+    labeller_restarts: int = 0
+    evals_done: list[int] = field(default_factory=list)
+
+
+def total_steps_hint(cfg: PfrlConfig, prompts_per_iteration: int) -> int:
+    """The LR schedule's horizon: configured, or one pair per prompt as an estimate."""
+    if cfg.learner.total_steps:
+        return cfg.learner.total_steps
+    if cfg.run.max_steps:
+        return cfg.run.max_steps
+    return max(1, cfg.run.iterations * prompts_per_iteration // cfg.learner.pairs_per_step)
+
+
+class Controller:
+    def __init__(self, cfg: PfrlConfig, inputs: RunInputs, resume: bool):
+        self.cfg = cfg
+        self.inputs = inputs
+        self.run_dir = Path(cfg.run.dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        splits = make_splits([p.id for p in inputs.train], cfg.run.iterations, cfg.data.prompts_per_iteration,
+                             cfg.run.seed, cfg.data.shuffle)
+        self.scheduler = PromptScheduler(inputs.train, splits)
+        self.buffer = ReplayBuffer(cfg.buffer)
+        self.ledger = Ledger(self.run_dir / "ledger.jsonl")
+        self.metrics = MetricsLogger(cfg.metrics, self.run_dir, cfg.model_dump(mode="json"))
+        self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep_last)
+        self.counters = Counters()
+        self.meters = RunMeters(cfg.run.task)
+        self.requests: list[Request] = []
+        self.job: LearnerJob | None = None
+        self.gen_versions: list[int] = []
+        self.yield_estimate = 1.0  # pairs per labelled prompt, running estimate
+        self.stop_requested = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner")
+        self._resume_from = self._restore() if resume else None
+        (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+
+    # -- state -----------------------------------------------------------------------------
+    def _controller_state(self) -> dict:
+        c = self.counters
+        return {
+            "step": c.step, "version": c.version, "generator_restarts": c.generator_restarts,
+            "labeller_restarts": c.labeller_restarts, "evals_done": c.evals_done,
+            "scheduler": self.scheduler.state_dict(), "yield_estimate": self.yield_estimate,
+            "ledger_lines": self.ledger.lines, "metrics_lines": self.metrics.jsonl.lines,
+            "meters": self.meters.state_dict(),
+        }
+
+    def _restore(self) -> Path:
+        path, state, buffer_state = self.store.load(self.cfg)
+        self.counters = Counters(state["step"], state["version"], state["generator_restarts"],
+                                 state["labeller_restarts"], state["evals_done"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.buffer.load_state_dict(buffer_state)
+        self.yield_estimate = state["yield_estimate"]
+        self.meters.load_state_dict(state["meters"])
+        rolled = self.ledger.truncate(state["ledger_lines"])
+        self.metrics.jsonl.truncate(state["metrics_lines"])
+        console.print(f"resuming from {path.name}: step {state['step']}, iteration {self.scheduler.iteration}, "
+                      f"{len(self.scheduler.inflight_ids())} prompts re-issued, {rolled} ledger lines rolled back")
+        return path
+
+    def checkpoint(self) -> None:
+        self.ledger.flush()
+        tag = f"step{self.counters.step}"
+        path = self.store.save(self.counters.step, self._controller_state(), self.buffer.state_dict(), self.cfg,
+                               lambda d: self.fleet.learner.save_checkpoint(str(d), tag))
+        console.print(f"checkpoint {path.name} written")
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        start_ray(self.cfg)
+        splits = self.scheduler.splits
+        self.fleet = Fleet.start(self.cfg, self.inputs.model_path, total_steps_hint(self.cfg, len(splits[0])))
+        self.gen_versions = [0] * len(self.fleet.generators)
+        if self._resume_from is not None:
+            self.fleet.learner.load_checkpoint(str(self._resume_from / "learner"), f"step{self.counters.step}")
+        if self.counters.version > 0:
+            self._sync(list(range(len(self.fleet.generators))))
+        if self.cfg.metrics.eval_every_steps and 0 not in self.counters.evals_done:
+            self._eval_and_log(step=0)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        if getattr(self, "fleet", None) is not None:
+            self.fleet.shutdown()
+        self.metrics.close()
+        self.ledger.close()
+
+    def run(self) -> None:
+        while not self._finished():
+            self._issue_prompts()
+            self._collect()
+            self._reap_learner()
+            if self.stop_requested and self.job is None:
+                self.checkpoint()
+                console.print("stopped on request; resume with --resume")
+                return
+            self._maybe_train()
+            self._maybe_end_iteration()
+        self._finish()
+
+    def _finished(self) -> bool:
+        max_steps = self.cfg.run.max_steps
+        done_steps = max_steps is not None and self.counters.step >= max_steps and self.job is None
+        return done_steps or getattr(self, "_all_done", False)
+
+    def _finish(self) -> None:
+        if self.cfg.metrics.eval_every_steps and self.counters.step not in self.counters.evals_done:
+            self._eval_and_log(step=self.counters.step)
+        self.checkpoint()
+        final = self.run_dir / "final"
+        self.fleet.learner.save_hf(str(final))
+        console.print(f"done: {self.counters.step} steps, policy v{self.counters.version}; model in {final}")
+
+    # -- generation and labelling ----------------------------------------------------------
+    def _issue_allowed(self) -> bool:
+        lag = self.cfg.buffer.max_policy_lag
+        if self.stop_requested or min(self.gen_versions) < self.counters.version - lag:
+            return False
+        if lag == 0 and self.job is not None:
+            return False  # lockstep: nothing is sampled while the policy is changing
+        inflight = sum(len(r.items) for r in self.requests)
+        target = min(self.cfg.learner.pairs_per_step * (lag + 1), self.cfg.buffer.capacity)
+        return len(self.buffer) + inflight * self.yield_estimate < target
+
+    def _issue_prompts(self) -> None:
+        for g, actor in enumerate(self.fleet.generators):
+            while (self._issue_allowed() and self.scheduler.has_unissued()
+                   and sum(r.generator == g and r.label_ref is None for r in self.requests) < _REQUESTS_PER_GENERATOR):
+                items = self.scheduler.next_items(self.cfg.generator.prompts_per_request)
+                self.requests.append(Request(g, items, actor.generate.remote(encode(items))))
+
+    def _collect(self) -> None:
+        import ray
+
+        refs = [r.label_ref if r.label_ref is not None else r.gen_ref for r in self.requests]
+        if not refs:
+            time.sleep(_POLL_S if self.job is not None else 0)
+            return
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=_POLL_S)
+        ready = set(ready)
+        for req in [r for r in self.requests if (r.label_ref or r.gen_ref) in ready]:
+            if req.label_ref is None:
+                self._on_generated(req)
+            else:
+                self._on_labelled(req)
+
+    def _on_generated(self, req: Request) -> None:
+        import ray
+
+        try:
+            ray.get(req.gen_ref)
+        except ray.exceptions.RayActorError as e:
+            self._generator_died(req.generator, e)
+            return
+        except ray.exceptions.RayTaskError as e:
+            raise RunFailed(f"generator {req.generator} failed: {e.cause!r}") from None
+        req.labeller = self.meters.labelled_groups % len(self.fleet.labellers)
+        req.label_ref = self.fleet.labellers[req.labeller].label.remote(req.gen_ref)
+
+    def _on_labelled(self, req: Request) -> None:
+        import ray
+
+        self.requests.remove(req)
+        try:
+            groups: list[RolloutGroup] = decode(ray.get(req.gen_ref))
+            labelled: list[LabelledGroup] = decode(ray.get(req.label_ref))
+        except ray.exceptions.RayActorError:
+            self.counters.labeller_restarts += 1
+            console.print(f"[yellow]labeller {req.labeller} died; its {len(req.items)} groups are labelled again")
+            req.label_ref, req.labeller = None, -1
+            self.requests.append(req)
+            self._on_generated(req)
+            return
+        except ray.exceptions.RayTaskError as e:
+            raise RunFailed(f"labeller {req.labeller} failed: {e.cause!r}") from None
+        for group, result in zip(groups, labelled, strict=True):
+            if self.scheduler.is_current(group.item):
+                self._account(group, result)
+
+    def _account(self, group: RolloutGroup, result: LabelledGroup) -> None:
+        from pfrl.feedback.pairs import to_preference_pairs
+
+        pid = group.item.problem.id
+        self.meters.on_labelled(group, result)
+        pairs = [] if result.skipped else to_preference_pairs(group, result)
+        self.yield_estimate = 0.9 * self.yield_estimate + 0.1 * len(pairs)
+        if result.skipped or not pairs:
+            entry = self.scheduler.finish(pid)
+            self._ledger(pid, entry.iteration, "skipped" if result.skipped else "no_pair", 0)
+            return
+        self.scheduler.buffered(pid, len(pairs))
+        self.buffer.add(pairs, self.counters.version)
+        self._settle_dropped()
+
+    def _settle_dropped(self) -> None:
+        for pair, _reason in self.buffer.take_dropped():
+            entry = self.scheduler.settle_pair(pair.prompt_id, trained=False)
+            if entry is not None:
+                outcome = "trained" if entry.pairs_trained else "stale"
+                self._ledger(pair.prompt_id, entry.iteration, outcome, entry.pairs_trained)
+
+    def _ledger(self, pid: str, iteration: int, outcome: str, pairs: int) -> None:
+        self.ledger.record(LedgerLine(iteration, pid, outcome, pairs, self.counters.step))
+        self.meters.settled += 1
+
+    def _generator_died(self, g: int, err: Exception) -> None:
+        """Re-issue what the dead generator held; Ray restarts it, then it gets the current weights."""
+        import ray
+
+        lost = [r for r in self.requests if r.generator == g and r.label_ref is None]
+        for r in lost:
+            self.requests.remove(r)
+            self.scheduler.reissue([it.problem.id for it in r.items])
+        self.counters.generator_restarts += 1
+        console.print(f"[yellow]generator {g} died ({type(err).__name__}); {sum(len(r.items) for r in lost)} "
+                      "prompts re-issued, waiting for its restart")
+        try:
+            ray.get(self.fleet.generators[g].health.remote(), timeout=self.cfg.learner.start_timeout_s)
+        except Exception as e:
+            raise RunFailed(f"generator {g} did not come back after dying: {e}") from None
+        self.gen_versions[g] = 0
+        if self.job is not None:
+            self.job.future.result()  # the learner thread owns syncs; let its step finish first
+            self._reap_learner()
+        self._sync([g])
+
+    # -- learning --------------------------------------------------------------------------
+    def _trainable_now(self) -> list[PreferencePair] | None:
+        cfg = self.cfg
+        if self.job is not None or self.stop_requested:
+            return None
+        if cfg.run.max_steps is not None and self.counters.step >= cfg.run.max_steps:
+            return None
+        self.buffer.drop_stale(self.counters.version)
+        self._settle_dropped()
+        if cfg.buffer.max_policy_lag == 0 and self.requests:
+            return None  # lockstep: train on the complete batch sampled by this version
+        tail = not self.scheduler.has_unissued() and not self.requests
+        n = cfg.learner.pairs_per_step if len(self.buffer) >= cfg.learner.pairs_per_step else len(self.buffer) if tail else 0
+        if n < cfg.learner.num_learners:
+            return None
+        return self.buffer.take(n, self.counters.version)
+
+    def _maybe_train(self) -> None:
+        pairs = self._trainable_now()
+        if pairs:
+            self.meters.on_step_start([self.counters.version - p.policy_version for p in pairs])
+            sync_due = (self.counters.step + 1) % self.cfg.sync.every_steps == 0
+            future = self._executor.submit(self._learner_work, pairs, sync_due)
+            self.job = LearnerJob(future, pairs, time.time())
+
+    def _learner_work(self, pairs: list[PreferencePair], sync_due: bool) -> tuple[dict, dict | None]:
+        """Runs on the learner thread: one DPO step, then (when due) publish the new weights."""
+        metrics = self.fleet.learner.train_step(pairs)
+        sync = self._sync_now(self.counters.version + 1, list(range(len(self.fleet.generators)))) if sync_due else None
+        return metrics, sync
+
+    def _sync_now(self, version: int, gens: list[int]) -> dict:
+        from pfrl.transport.weights import sync_weights
+
+        stats = sync_weights(self.fleet.learner.rank0, [self.fleet.generators[g] for g in gens], version,
+                             self.cfg.sync, learner_followers=self.fleet.learner.actors[1:])
+        for g in gens:
+            self.gen_versions[g] = version
+        return stats
+
+    def _sync(self, gens: list[int]) -> None:
+        stats = self._executor.submit(self._sync_now, self.counters.version, gens).result()
+        self.meters.on_sync(stats)
+
+    def _reap_learner(self) -> None:
+        if self.job is None or not self.job.future.done():
+            return
+        job, self.job = self.job, None
+        try:
+            metrics, sync = job.future.result()
+        except Exception as e:
+            raise RunFailed(f"learner failed at step {self.counters.step + 1}: {e}") from e
+        self.counters.step += 1
+        self.counters.version += 1
+        for pair in job.pairs:
+            entry = self.scheduler.settle_pair(pair.prompt_id, trained=True)
+            if entry is not None:
+                self._ledger(pair.prompt_id, entry.iteration, "trained", entry.pairs_trained)
+        if sync is not None:
+            self.meters.on_sync(sync)
+        self._log_step(metrics, job)
+        step = self.counters.step
+        if self.cfg.metrics.eval_every_steps and step % self.cfg.metrics.eval_every_steps == 0:
+            self._eval_and_log(step)
+        if step % self.cfg.checkpoint.every_steps == 0:
+            self.checkpoint()
+
+    def _log_step(self, metrics: dict, job: LearnerJob) -> None:
+        record = self.meters.step_record(
+            step=self.counters.step, iteration=self.scheduler.iteration, version=self.counters.version,
+            learner=metrics, buffer=self.buffer.stats(self.counters.version), restarts=(
+                self.counters.generator_restarts, self.counters.labeller_restarts),
+            split_size=len(self.scheduler.split),
+        )
+        self.metrics.log(record)
+        if self.counters.step % self.cfg.run.log_every == 0:
+            console.print(self.meters.console_line(record))
+
+    def _maybe_end_iteration(self) -> None:
+        if self.job is not None or not self.scheduler.iteration_done():
+            return
+        it = self.scheduler.iteration
+        self.fleet.learner.refresh_reference()
+        console.print(f"iteration {it} complete: reference model refreshed to policy v{self.counters.version}")
+        if not self.scheduler.advance_iteration():
+            self._all_done = True
+            return
+        self.checkpoint()
+
+    # -- evaluation ------------------------------------------------------------------------
+    def _eval_and_log(self, step: int) -> None:
+        from pfrl.evaluation import Scorer, evaluate
+
+        problems = self.inputs.heldout[: self.cfg.metrics.eval_prompts]
+        if not problems:
+            return
+        gen = self.fleet.generators[0]
+
+        def sample(prompts: list[str], n: int, temperature: float) -> list[list[str]]:
+            import ray
+
+            return ray.get(gen.sample.remote(prompts, n, temperature))
+
+        scorer = Scorer(self.cfg.run.task, self.cfg.labeller.verify_timeout_s, self.cfg.labeller.sandbox)
+        result = evaluate(problems, sample, scorer)
+        self.counters.evals_done.append(step)
+        self.meters.last_eval = result["accuracy"]
+        record = {"step": step, "iteration": self.scheduler.iteration, "policy_version": self.counters.version,
+                  "time": time.time(), "eval/accuracy": result["accuracy"], "eval/problems": result["problems"]}
+        if step == 0:
+            self.metrics.log(record)
+        else:
+            self.meters.pending_eval = record
+        console.print(f"[bold]eval[/] step {step}: held-out accuracy {result['accuracy']:.3f} on {len(problems)} problems")
+
+
+def _install_signal_handlers(controller: Controller) -> None:
+    def handler(signum, _frame):
+        if controller.stop_requested:
+            raise KeyboardInterrupt
+        controller.stop_requested = True
+        console.print(f"[yellow]{signal.Signals(signum).name}: finishing the current step, then checkpointing")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def train(cfg: PfrlConfig, resume: bool = False) -> int:
+    """`pfrl train`: validate inputs, start actors, run the loop, always clean up."""
+    inputs = check_inputs(cfg)
+    if not resume and (Path(cfg.run.dir) / "checkpoints" / "LATEST").exists():
+        raise UserError(f"run.dir={cfg.run.dir} already holds a run: pass --resume, or choose another run.dir")
+    controller = Controller(cfg, inputs, resume)
+    _install_signal_handlers(controller)
+    try:
+        controller.start()
+        controller.run()
+        return 0
+    except RunFailed as e:
+        latest = controller.store.latest()
+        where = f"last checkpoint {latest.name}; resume with --resume" if latest else "no checkpoint yet"
+        console.print(f"[red]run failed: {e} ({where})")
+        return 1
+    finally:
+        controller.shutdown()

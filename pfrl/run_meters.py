@@ -1,0 +1,118 @@
+"""What the controller measures between learner steps, and the per-step record it becomes.
+
+Rates are over a sliding window of wall time; label statistics are over the groups labelled since
+the previous step. Counters that must survive a resume are in `state_dict`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pfrl.metrics import RateMeter
+from pfrl.types import LabelledGroup, RolloutGroup
+
+# learner/<k> from the engine -> dpo/<k> in the record (the DPO view of a step).
+_DPO_KEYS = {"loss": "dpo/loss", "reward_acc": "dpo/reward_acc", "margin": "dpo/margin",
+             "reward_chosen": "dpo/reward_chosen", "reward_rejected": "dpo/reward_rejected",
+             "logp_chosen": "dpo/logp_chosen", "logp_rejected": "dpo/logp_rejected", "nll": "dpo/nll"}
+
+
+class RunMeters:
+    def __init__(self, task: str):
+        self.task = task
+        self.gen_tokens = RateMeter()
+        self.gen_prompts = RateMeter()
+        self.label_groups = RateMeter()
+        self.labelled_groups = 0
+        self.settled = 0
+        self._since_step: list[tuple[float | None, float, int]] = []  # (vote share, mean score, pairs)
+        self._sync: dict[str, Any] | None = None
+        self._lags: list[int] = []
+        self._step_start = self._last_step_end = time.time()
+        self.last_eval: float | None = None
+        self.pending_eval: dict | None = None
+
+    def on_labelled(self, group: RolloutGroup, result: LabelledGroup) -> None:
+        self.labelled_groups += 1
+        self.gen_tokens.add(group.completion_tokens)
+        self.gen_prompts.add(1)
+        self.label_groups.add(1)
+        mean_score = sum(result.scores) / len(result.scores) if result.scores else 0.0
+        self._since_step.append((result.vote_share, mean_score, len(result.pairs)))
+
+    def on_sync(self, stats: dict[str, Any]) -> None:
+        self._sync = stats
+
+    def on_step_start(self, lags: list[int]) -> None:
+        self._lags = lags
+        self._step_start = time.time()
+
+    def _label_stats(self) -> dict[str, float]:
+        rows, self._since_step = self._since_step, []
+        if not rows:
+            return {}
+        out = {"label/pair_yield": sum(p > 0 for _, _, p in rows) / len(rows), "label/groups": len(rows)}
+        if self.task == "math":
+            shares = [v for v, _, _ in rows if v is not None]
+            out["label/vote_share"] = sum(shares) / len(shares) if shares else 0.0
+        else:
+            out["label/pass_rate"] = sum(s for _, s, _ in rows) / len(rows)
+        return out
+
+    def _learner_stats(self, learner: dict[str, float]) -> dict[str, float]:
+        now = time.time()
+        span = max(now - self._last_step_end, 1e-6)
+        out = {
+            "learner/step_s": learner.get("learner/step_s", now - self._step_start),
+            "learner/tokens_per_s": learner.get("learner/tokens", 0.0) / max(now - self._step_start, 1e-6),
+            "learner/idle_frac": max(0.0, self._step_start - self._last_step_end) / span,
+            "learner/pairs": learner.get("learner/pairs", 0.0),
+        }
+        for key, name in _DPO_KEYS.items():
+            if f"learner/{key}" in learner:
+                out[name] = learner[f"learner/{key}"]
+        for key in ("learner/lr", "learner/grad_norm"):
+            if key in learner:
+                out[key] = learner[key]
+        self._last_step_end = now
+        return out
+
+    def step_record(self, step: int, iteration: int, version: int, learner: dict, buffer: dict, restarts: tuple[int, int],
+                    split_size: int) -> dict[str, Any]:
+        record: dict[str, Any] = {"step": step, "iteration": iteration, "policy_version": version, "time": time.time(),
+                                  "gen/tokens_per_s": self.gen_tokens.rate(), "gen/prompts_per_s": self.gen_prompts.rate(),
+                                  "label/groups_per_s": self.label_groups.rate()}
+        record.update(self._label_stats())
+        record.update(buffer)
+        record["buffer/policy_lag"] = max(self._lags) if self._lags else 0
+        record["buffer/policy_lag_mean"] = sum(self._lags) / len(self._lags) if self._lags else 0.0
+        record.update(self._learner_stats(learner))
+        if self._sync is not None:
+            record.update({"sync/ms": self._sync["latency_ms"], "sync/gb_per_s": self._sync["gbps"],
+                           "sync/version": self._sync["version"]})
+        record["faults/generator_restarts"], record["faults/labeller_restarts"] = restarts
+        record["progress/settled"] = self.settled
+        record["progress/split"] = split_size
+        if self.pending_eval is not None:
+            record.update({k: v for k, v in self.pending_eval.items() if k.startswith("eval/")})
+            self.pending_eval = None
+        return record
+
+    @staticmethod
+    def console_line(r: dict[str, Any]) -> str:
+        label = f"vote {r['label/vote_share']:.2f}" if "label/vote_share" in r else f"pass {r.get('label/pass_rate', 0):.2f}"
+        return (f"step {r['step']:4d} it {r['iteration']} v{r['policy_version']} | gen {r['gen/tokens_per_s']:7.0f} tok/s "
+                f"{r['gen/prompts_per_s']:5.1f} prompts/s | {label} yield {r.get('label/pair_yield', 0):.2f} | "
+                f"buf {r['buffer/size']:3d} lag {r['buffer/policy_lag']} stale {r['buffer/dropped_stale']} | "
+                f"loss {r.get('dpo/loss', float('nan')):.3f} acc {r.get('dpo/reward_acc', float('nan')):.2f} "
+                f"| learn {r['learner/tokens_per_s']:6.0f} tok/s idle {r['learner/idle_frac']:.2f} "
+                f"| sync {r.get('sync/ms', 0):5.0f} ms | {r['progress/settled']}/{r['progress/split']} prompts")
+
+    def state_dict(self) -> dict:
+        return {"labelled_groups": self.labelled_groups, "settled": self.settled, "last_eval": self.last_eval}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.labelled_groups = state["labelled_groups"]
+        self.settled = state["settled"]
+        self.last_eval = state["last_eval"]

@@ -1,0 +1,22 @@
+"""Overrides that shrink a preset to a short CI run (real vLLM, DeepSpeed, Ray on CPU)."""
+
+
+def short_run(model: str, run_dir, *extra: str) -> list[str]:
+    return [
+        f"model.path={model}",
+        f"run.dir={run_dir}",
+        "run.iterations=2",
+        "data.prompts_per_iteration=24",
+        "generator.n_samples=4",
+        "generator.max_tokens=48",
+        "generator.prompts_per_request=8",
+        "learner.pairs_per_step=8",
+        "learner.micro_batch_pairs=8",
+        "learner.lr=1e-4",
+        "checkpoint.every_steps=2",
+        "metrics.eval_every_steps=4",
+        "metrics.eval_prompts=16",
+        "metrics.tensorboard=true",
+        "labeller.min_vote_share=0.25",
+        *extra,
+    ]

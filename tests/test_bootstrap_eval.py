@@ -1,0 +1,58 @@
+"""Bootstrap (reduced size) gives a model transformers and vLLM load; `pfrl eval` scores it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pfrl.bootstrap import BootstrapSpec, bootstrap, make_splits
+from pfrl.tasks.io import read_problems
+
+
+def test_splits_are_disjoint():
+    sft, train, heldout = make_splits("math", 0, BootstrapSpec.small())
+    prompts = [{p.prompt for p, _ in part} for part in (sft, train, heldout)]
+    assert not (prompts[0] & prompts[1]) and not (prompts[0] & prompts[2]) and not (prompts[1] & prompts[2])
+
+
+def test_bootstrap_is_deterministic(tmp_path):
+    spec = BootstrapSpec(sft_problems=300, train_problems=20, heldout_problems=10, layers=1, steps=4, batch=8)
+    a = bootstrap("code", tmp_path / "a", seed=3, spec=spec)
+    b = bootstrap("code", tmp_path / "b", seed=3, spec=spec)
+    for name in ("model.safetensors", "tokenizer.json", "data/train.jsonl", "data/heldout.jsonl"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert len(read_problems(a / "data" / "heldout.jsonl").problems) == 10
+
+
+def test_bootstrapped_model_learned_the_format(boot_math):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(boot_math)
+    model = AutoModelForCausalLM.from_pretrained(boot_math)
+    problem = read_problems(f"{boot_math}/data/heldout.jsonl").problems[0]
+    ids = tok(problem.prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=60, do_sample=False, pad_token_id=tok.pad_token_id)
+    text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "=" in text and "\\boxed{" in text, text
+
+
+@pytest.mark.slow
+def test_eval_through_vllm(boot_math):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pfrl.cli", "eval", "--model", boot_math, "--data", f"{boot_math}/data/heldout.jsonl",
+         "--task", "math", "--n", "4", "--limit", "32", "--max-tokens", "64"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["problems"] == 32
+    for key in ("accuracy", "maj@4", "pass@4"):
+        assert 0.0 <= result[key] <= 1.0
+    assert result["pass@4"] >= result["maj@4"]  # a correct majority implies a correct sample
+
+
+def test_eval_user_errors(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pfrl.cli", "eval", "--model", str(tmp_path), "--data", "x.jsonl",
+                           "--task", "math"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "not a Hugging Face model directory" in proc.stderr
