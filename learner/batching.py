@@ -1,0 +1,168 @@
+"""Preference pairs -> token ids -> padded micro-batches -> completion log-probs.
+
+The prompt is encoded the way vLLM encodes a text prompt (with the tokenizer's special tokens) and
+the completion without them, plus EOS: the sequence the policy would have produced had it stopped.
+Only completion tokens are scored; prompt and padding positions are masked out. A micro-batch holds
+the chosen sequences of its pairs followed by their rejected sequences, so one forward covers both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pfrl.types import PreferencePair
+
+
+@dataclass(slots=True)
+class TokenizedPair:
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+    truncated: bool = False
+
+    @property
+    def tokens(self) -> int:
+        """Real (non-padding) tokens of both sequences."""
+        return 2 * len(self.prompt) + len(self.chosen) + len(self.rejected)
+
+    @property
+    def longest(self) -> int:
+        return len(self.prompt) + max(len(self.chosen), len(self.rejected))
+
+
+@dataclass(slots=True)
+class MicroBatch:
+    input_ids: torch.Tensor  # [2n, T]: n chosen rows, then n rejected rows
+    attention_mask: torch.Tensor  # [2n, T]
+    loss_mask: torch.Tensor  # [2n, T]: 1 where the token is a completion token
+    n_pairs: int
+    n_tokens: int
+
+    def to(self, device: torch.device | str) -> MicroBatch:
+        return MicroBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.loss_mask.to(device),
+            self.n_pairs,
+            self.n_tokens,
+        )
+
+
+def _fit(prompt: list[int], completion: list[int], max_length: int) -> tuple[list[int], list[int], bool]:
+    """Cut a sequence to max_length: the prompt keeps its end (at most half the budget when it must
+    give way), the completion keeps its start (EOS is lost: it did not finish within the budget)."""
+    if len(prompt) + len(completion) <= max_length:
+        return prompt, completion, False
+    room_for_prompt = max(max_length - len(completion), max_length // 2)
+    prompt = prompt[-room_for_prompt:]
+    return prompt, completion[: max_length - len(prompt)], True
+
+
+def pad_token_id(tokenizer) -> int:
+    # Padding is masked everywhere, so any id works; EOS stands in where a tokenizer has no pad.
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def tokenize_pair(tokenizer, pair: PreferencePair, max_length: int) -> TokenizedPair:
+    prompt = list(tokenizer(pair.prompt, add_special_tokens=True)["input_ids"])
+    eos = [tokenizer.eos_token_id]
+    chosen = list(tokenizer(pair.chosen, add_special_tokens=False)["input_ids"]) + eos
+    rejected = list(tokenizer(pair.rejected, add_special_tokens=False)["input_ids"]) + eos
+    # Both sides must see the same prompt tokens, so cut the prompt once for the longer completion.
+    p, _, cut = _fit(prompt, max(chosen, rejected, key=len), max_length)
+    c = chosen[: max_length - len(p)]
+    r = rejected[: max_length - len(p)]
+    return TokenizedPair(p, c, r, cut or len(c) < len(chosen) or len(r) < len(rejected))
+
+
+def tokenize_pairs(tokenizer, pairs: Sequence[PreferencePair], max_length: int) -> list[TokenizedPair]:
+    return [tokenize_pair(tokenizer, p, max_length) for p in pairs]
+
+
+def pack_by_pairs(items: Sequence[TokenizedPair], pairs_per_batch: int) -> list[list[TokenizedPair]]:
+    return [list(items[i : i + pairs_per_batch]) for i in range(0, len(items), pairs_per_batch)]
+
+
+def pack_by_tokens(items: Sequence[TokenizedPair], token_budget: int) -> list[list[TokenizedPair]]:
+    """Greedy packing of length-sorted pairs under a padded-token budget (2 x pairs x longest row).
+    Sorting keeps similar lengths together, so little of the budget goes to padding; a pair longer
+    than the budget on its own still gets a micro-batch of one."""
+    batches: list[list[TokenizedPair]] = []
+    current: list[TokenizedPair] = []
+    for item in sorted(items, key=lambda t: t.longest, reverse=True):
+        longest = max([item.longest] + [t.longest for t in current])
+        if current and 2 * (len(current) + 1) * longest > token_budget:
+            batches.append(current)
+            current = []
+        current.append(item)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pack_micro_batches(
+    items: Sequence[TokenizedPair], micro_batch_pairs: int, micro_batch_tokens: int | None
+) -> list[list[TokenizedPair]]:
+    if micro_batch_tokens is not None:
+        return pack_by_tokens(items, micro_batch_tokens)
+    return pack_by_pairs(items, micro_batch_pairs)
+
+
+def split_to_count(batches: list[list[TokenizedPair]], count: int) -> list[list[TokenizedPair]]:
+    """Split the largest micro-batches until there are `count` of them (data-parallel ranks must run
+    the same number of forward/backward passes). Returns fewer only when every batch is one pair."""
+    out = [list(b) for b in batches]
+    while len(out) < count:
+        i = max(range(len(out)), key=lambda j: len(out[j]))
+        if len(out[i]) < 2:
+            break
+        half = len(out[i]) // 2
+        out[i : i + 1] = [out[i][:half], out[i][half:]]
+    return out
+
+
+def collate(items: Sequence[TokenizedPair], pad_id: int) -> MicroBatch:
+    """Right-padded [2n, T] tensors; the loss mask marks the completion tokens only."""
+    rows = [(t.prompt, t.chosen) for t in items] + [(t.prompt, t.rejected) for t in items]
+    width = max(len(p) + len(c) for p, c in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (prompt, completion) in enumerate(rows):
+        n = len(prompt) + len(completion)
+        input_ids[i, :n] = torch.tensor(prompt + completion, dtype=torch.long)
+        attention[i, :n] = 1
+        loss_mask[i, len(prompt) : n] = 1
+    return MicroBatch(input_ids, attention, loss_mask, len(items), sum(t.tokens for t in items))
+
+
+def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """log p(token_t | tokens_<t) for t >= 1, shape [B, T-1], in float32.
+
+    One row at a time: a full [B, T, vocab] log-softmax would be the largest tensor of the step."""
+    targets = input_ids[:, 1:]
+    out = []
+    for row_logits, row_targets in zip(logits[:, :-1], targets, strict=True):
+        row = row_logits.float()
+        picked = row.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1)
+        out.append(picked - torch.logsumexp(row, dim=-1))
+    return torch.stack(out)
+
+
+def sequence_logps(
+    logits: torch.Tensor, batch: MicroBatch, length_normalize: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(chosen log-probs, rejected log-probs, chosen token-mean NLL), each of shape [n_pairs].
+
+    Log-probs are sums over completion tokens, or means when `length_normalize`."""
+    mask = batch.loss_mask[:, 1:].to(logits.device, torch.float32)
+    per_token = token_logps(logits, batch.input_ids.to(logits.device)) * mask
+    summed = per_token.sum(-1)
+    counts = mask.sum(-1).clamp(min=1)
+    seq = summed / counts if length_normalize else summed
+    n = batch.n_pairs
+    chosen_nll = -summed[:n] / counts[:n]
+    return seq[:n], seq[n:], chosen_nll

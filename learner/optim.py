@@ -1,0 +1,97 @@
+"""Optimizer, learning-rate schedule and DeepSpeed config for the policy, from `LearnerSection`.
+
+AdamW is a plain torch optimizer handed to DeepSpeed (no JIT-built fused/CPU Adam op needed on
+either device). Norm weights and biases are not decayed, as in the usual transformer recipe.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from pfrl.config import LearnerSection
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: LearnerSection) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=1e-8
+    )
+
+
+def lr_factor(step: int, cfg: LearnerSection, total_steps: int) -> float:
+    """Multiplier of the peak lr for the optimizer step with index `step` (0-based).
+
+    Warmup ramps linearly and reaches the peak on its last step (the first step is not wasted at
+    lr 0); the cosine then falls to `min_lr_ratio` at `total_steps`, and stays there beyond it."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
+
+
+def scheduler_factory(
+    cfg: LearnerSection, total_steps: int
+) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LambdaLR]:
+    """DeepSpeed calls this with the optimizer it wraps, so the schedule drives the real param groups
+    and is saved/restored with its checkpoints."""
+
+    def factor(step: int) -> float:
+        return lr_factor(step, cfg, total_steps)
+
+    return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def deepspeed_config(cfg: LearnerSection, dtype: torch.dtype, world_size: int) -> dict[str, Any]:
+    """One optimizer step per `train_step`: the engine marks the accumulation boundary itself (the
+    number of micro-batches varies with token packing), so DeepSpeed's own count stays at 1."""
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": world_size,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if dtype == torch.bfloat16:
+        ds["bf16"] = {"enabled": True}
+    elif dtype == torch.float16:
+        ds["fp16"] = {"enabled": True, "initial_scale_power": 16}
+    if cfg.zero_stage == 3:
+        ds["zero_optimization"]["stage3_param_persistence_threshold"] = cfg.zero3_persistence_threshold
+    return ds
+
+
+def reference_deepspeed_config(cfg: LearnerSection, dtype: torch.dtype, world_size: int) -> dict[str, Any]:
+    """ZeRO-3 inference: the frozen reference is partitioned like the policy, no optimizer."""
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": 1,
+        "train_batch_size": world_size,
+        "zero_optimization": {
+            "stage": 3,
+            "stage3_param_persistence_threshold": cfg.zero3_persistence_threshold,
+        },
+        "steps_per_print": 2**31 - 1,
+    }
+    if dtype == torch.bfloat16:
+        ds["bf16"] = {"enabled": True}
+    elif dtype == torch.float16:
+        ds["fp16"] = {"enabled": True}
+    return ds

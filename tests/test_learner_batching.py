@@ -1,0 +1,136 @@
+"""Tokenising pairs, packing micro-batches, and completion-only log-probs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from learner.batching import (
+    TokenizedPair,
+    collate,
+    pack_by_pairs,
+    pack_by_tokens,
+    sequence_logps,
+    split_to_count,
+    token_logps,
+    tokenize_pair,
+)
+from pfrl.types import PreferencePair
+
+PAIR = PreferencePair("p0", "Question: Ana has 3 apples. How many?\nAnswer:", " 3 \\boxed{3}", " 4", 0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_math_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_math_model)
+
+
+def test_tokenize_appends_eos_and_keeps_prompt(tokenizer):
+    t = tokenize_pair(tokenizer, PAIR, max_length=256)
+    assert t.prompt == tokenizer(PAIR.prompt)["input_ids"]
+    assert t.chosen[-1] == tokenizer.eos_token_id and t.rejected[-1] == tokenizer.eos_token_id
+    assert t.chosen[:-1] == tokenizer(PAIR.chosen, add_special_tokens=False)["input_ids"]
+    assert not t.truncated
+
+
+def test_tokenize_truncates_to_max_length(tokenizer):
+    long = PreferencePair("p", PAIR.prompt * 4, " 1 + 1 = 2." * 20, " no", 0)
+    t = tokenize_pair(tokenizer, long, max_length=48)
+    assert t.truncated
+    assert len(t.prompt) + len(t.chosen) <= 48 and len(t.prompt) + len(t.rejected) <= 48
+    full_prompt = tokenizer(long.prompt)["input_ids"]
+    assert t.prompt == full_prompt[-len(t.prompt) :]  # the prompt keeps its end
+    assert len(t.chosen) >= 1 and t.rejected[-1] == tokenizer.eos_token_id  # short side keeps its EOS
+
+
+def test_collate_masks_prompt_and_padding():
+    items = [TokenizedPair([5, 6, 7], [8, 2], [9, 9, 9, 2]), TokenizedPair([5], [4, 4, 2], [2])]
+    mb = collate(items, pad_id=0)
+    assert mb.input_ids.shape == (4, 7) and mb.n_pairs == 2
+    assert mb.input_ids[0].tolist() == [5, 6, 7, 8, 2, 0, 0]  # chosen of pair 0
+    assert mb.input_ids[2].tolist() == [5, 6, 7, 9, 9, 9, 2]  # rejected of pair 0
+    assert mb.loss_mask[0].tolist() == [0, 0, 0, 1, 1, 0, 0]
+    assert mb.loss_mask[3].tolist() == [0, 1, 0, 0, 0, 0, 0]
+    assert mb.attention_mask[1].tolist() == [1, 1, 1, 1, 0, 0, 0]
+    assert mb.n_tokens == (3 + 2 + 3 + 4) + (1 + 3 + 1 + 1)
+
+
+def _batch_and_logits(vocab: int = 11, seed: int = 0):
+    items = [TokenizedPair([1, 2, 3], [4, 5], [6, 7, 8]), TokenizedPair([1, 9], [10, 4, 3], [5])]
+    mb = collate(items, pad_id=0)
+    logits = torch.randn(mb.input_ids.shape + (vocab,), generator=torch.Generator().manual_seed(seed))
+    return items, mb, logits
+
+
+def test_sequence_logps_sum_completion_tokens_only():
+    items, mb, logits = _batch_and_logits()
+    logp = torch.log_softmax(logits, -1)
+    chosen, rejected, nll = sequence_logps(logits, mb, length_normalize=False)
+
+    def manual(row: int, prompt: list[int], completion: list[int]) -> float:
+        seq = prompt + completion
+        # token at position t is predicted by the logits at t - 1
+        return sum(logp[row, t - 1, seq[t]].item() for t in range(len(prompt), len(seq)))
+
+    for i, t in enumerate(items):
+        assert chosen[i].item() == pytest.approx(manual(i, t.prompt, t.chosen), abs=1e-5)
+        assert rejected[i].item() == pytest.approx(manual(2 + i, t.prompt, t.rejected), abs=1e-5)
+        assert nll[i].item() == pytest.approx(-manual(i, t.prompt, t.chosen) / len(t.chosen), abs=1e-5)
+
+
+def test_sequence_logps_ignore_prompt_and_padding_logits():
+    _, mb, logits = _batch_and_logits()
+    before = sequence_logps(logits, mb, length_normalize=False)
+    noisy = logits.clone()
+    # Scramble the logits that predict prompt tokens and those at/after padding.
+    predicts_scored = mb.loss_mask[:, 1:].bool()
+    noisy[:, :-1][~predicts_scored] += 100 * torch.randn_like(noisy[:, :-1][~predicts_scored])
+    noisy[:, -1] += 50.0
+    after = sequence_logps(noisy, mb, length_normalize=False)
+    for a, b in zip(before, after, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_length_normalisation_divides_by_completion_tokens():
+    items, mb, logits = _batch_and_logits()
+    c_sum, r_sum, _ = sequence_logps(logits, mb, length_normalize=False)
+    c_avg, r_avg, _ = sequence_logps(logits, mb, length_normalize=True)
+    assert torch.allclose(c_avg, c_sum / torch.tensor([len(t.chosen) for t in items], dtype=torch.float32))
+    assert torch.allclose(r_avg, r_sum / torch.tensor([len(t.rejected) for t in items], dtype=torch.float32))
+
+
+def test_token_logps_matches_log_softmax():
+    _, mb, logits = _batch_and_logits()
+    ref = torch.log_softmax(logits, -1)[:, :-1].gather(-1, mb.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(token_logps(logits, mb.input_ids), ref, atol=1e-5)
+
+
+def _items(lengths: list[int]) -> list[TokenizedPair]:
+    return [TokenizedPair([1] * n, [2] * n, [3] * (n // 2 + 1)) for n in lengths]
+
+
+def test_pack_by_pairs_keeps_order():
+    items = _items([3, 4, 5, 6, 7])
+    batches = pack_by_pairs(items, 2)
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert [t for b in batches for t in b] == items
+
+
+def test_pack_by_tokens_respects_budget():
+    items = _items([3, 40, 5, 22, 7, 9, 30, 4, 100])
+    budget = 200
+    batches = pack_by_tokens(items, budget)
+    assert sorted(map(id, (t for b in batches for t in b))) == sorted(map(id, items))  # each pair once
+    for b in batches:
+        padded = 2 * len(b) * max(t.longest for t in b)
+        assert padded <= budget or len(b) == 1  # an oversized pair travels alone
+    assert any(len(b) > 1 for b in batches)
+
+
+def test_split_to_count_splits_largest_and_stops_at_singletons():
+    items = _items([1, 2, 3, 4, 5, 6])
+    batches = split_to_count([items[:4], items[4:]], 4)
+    assert len(batches) == 4 and [t for b in batches for t in b] == items
+    assert len(split_to_count([items[:1], items[1:2]], 5)) == 2

@@ -1,0 +1,141 @@
+"""Two learner ranks as Ray actors in one DeepSpeed data-parallel group (gloo on CPU).
+
+Both ZeRO-2 and ZeRO-3 (every parameter partitioned) must take the same steps as one rank
+without ZeRO on the same global batches: same losses and rewards, same gradient norm, same weights.
+The third batch has an odd size, so ranks hold different pair counts; under ZeRO-3 each pair is its
+own micro-batch, so one rank runs a zero-weight pass to match its peer's number of passes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pfrl.bench.learner import synthetic_pairs
+from pfrl.config import LearnerSection, ModelSection, load_config
+
+pytestmark = pytest.mark.slow
+
+COMMON = ["learner.lr=1e-3", "learner.warmup_steps=1", "model.max_length=256"]
+KEYS = ("learner/loss", "learner/reward_chosen", "learner/margin", "learner/grad_norm", "learner/tokens")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return synthetic_pairs(16, seed=5)
+
+
+def batches(pairs) -> list[list]:
+    return [pairs[:8], pairs[8:], pairs[:3]]
+
+
+def full_weights(buckets) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for bucket in buckets:
+        out.update(bucket)
+    return out
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_math_model, pairs):
+    """One rank in this process, no ZeRO, whole batches: what the groups must reproduce."""
+    from learner.engine import DPOEngine
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see test_learner_engine.one_thread
+    cfg = load_config(None, COMMON)
+    lc = LearnerSection(**{**cfg.learner.model_dump(), "zero_stage": 0, "micro_batch_pairs": 8})
+    engine = DPOEngine(tiny_math_model, lc, ModelSection(max_length=256), seed=0, total_steps=12)
+    metrics = [engine.train_step(b) for b in batches(pairs)]
+    w = full_weights(engine.named_weight_buckets(1 << 20))
+    torch.set_num_threads(threads)
+    return metrics, w
+
+
+def start_group(model: str, overrides: list[str]):
+    from learner.group import LearnerGroup
+
+    cfg = load_config(None, [*COMMON, "learner.num_learners=2", "cluster.learner_cpus=0.5", *overrides])
+    return LearnerGroup(cfg, model, seed=0, total_steps=12)
+
+
+def assert_same_steps(metrics, baseline_metrics) -> None:
+    for got, want in zip(metrics, baseline_metrics, strict=True):
+        for key in KEYS:
+            # rewards are beta x differences of log-probs near -70: 1e-5 absolute is float noise
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=2e-5), key
+        assert got["learner/pairs"] == want["learner/pairs"]
+
+
+def assert_same_weights(w: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    """Equal up to Adam's magnification of rounding on near-zero gradients (test_learner_engine)."""
+    assert set(w) == set(want)
+    for key, t in want.items():
+        diff = (w[key] - t).abs()
+        assert diff.max().item() < 1e-4, key
+        assert (diff > 2e-6).float().mean().item() < 1e-3, key
+
+
+def test_zero2_two_ranks_match_one(ray_local, tiny_math_model, pairs, baseline, tmp_path):
+    import ray
+
+    group = start_group(tiny_math_model, ["learner.zero_stage=2", "learner.micro_batch_pairs=2"])
+    try:
+        metrics = [group.train_step(b) for b in batches(pairs)]
+        assert_same_steps(metrics, baseline[0])
+        sums = ray.get(group.rank0.weight_checksums.remote(1 << 16))
+        assert sums == pytest.approx({k: float(t.double().sum()) for k, t in baseline[1].items()}, abs=1e-3)
+        group.save_hf(str(tmp_path / "z2"))
+    finally:
+        group.shutdown()
+    from safetensors.torch import load_file
+
+    assert_same_weights(load_file(str(tmp_path / "z2" / "model.safetensors")), baseline[1])
+
+
+def test_zero3_two_ranks_match_one(ray_local, tiny_math_model, pairs, baseline, tmp_path):
+    """Partitioned weights are gathered bucket by bucket (small buckets: many gathers) for saving,
+    checksums, the reference refresh and checkpoints."""
+    import ray
+
+    overrides = ["learner.zero_stage=3", "learner.zero3_persistence_threshold=0", "learner.micro_batch_tokens=16"]
+    group = start_group(tiny_math_model, overrides)
+    try:
+        metrics = [group.train_step(b) for b in batches(pairs)]
+        assert metrics[2]["learner/micro_batches"] == 2  # rank 1 (1 pair) ran a zero-weight pass
+        assert_same_steps(metrics, baseline[0])
+        sums = ray.get(group.rank0.weight_checksums.remote(1 << 14))
+        assert sums == pytest.approx({k: float(t.double().sum()) for k, t in baseline[1].items()}, abs=1e-3)
+        group.save_hf(str(tmp_path / "z3"))
+        check_refresh_and_checkpoint(group, pairs, tmp_path / "ck")
+    finally:
+        group.shutdown()
+    from safetensors.torch import load_file
+
+    assert_same_weights(load_file(str(tmp_path / "z3" / "model.safetensors")), baseline[1])
+
+
+def check_refresh_and_checkpoint(group, pairs, ckpt_dir) -> None:
+    group.refresh_reference()
+    fresh = group.train_step(pairs[:8])
+    assert fresh["learner/reward_chosen"] == pytest.approx(0.0, abs=1e-6)
+    assert fresh["learner/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    group.save_checkpoint(str(ckpt_dir), "s4")
+    expected = group.train_step(pairs[8:])
+    assert expected["learner/reward_chosen"] != pytest.approx(0.0, abs=1e-6)
+    state = group.load_checkpoint(str(ckpt_dir), "s4")
+    assert state["step"] == 4  # 3 batches + the step after the refresh
+    again = group.train_step(pairs[8:])
+    for key in (*KEYS, "learner/lr"):
+        assert again[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
