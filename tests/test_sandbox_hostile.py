@@ -7,6 +7,7 @@ Every test has a hard pytest timeout so that a containment failure cannot hang t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -153,6 +154,19 @@ def test_killing_the_parent_does_not_stop_the_run(sandbox):
     )
     results = sandbox.run_program(program, ["", "", ""], None)
     assert [r.output for r in results] == ["still here\n"] * 3
+
+
+@pytest.mark.timeout(60)
+def test_results_cannot_be_forged_through_proc(sandbox):
+    """The harness's result channel is neither inherited nor reachable via /proc/1/fd."""
+    forged = json.dumps({"i": 1, "status": "passed", "output": "FORGED", "detail": "", "elapsed_s": 0})
+    program = (
+        "import sys\nfor n in range(16):\n    try:\n        with open(f'/proc/1/fd/{n}', 'w') as fh:\n"
+        f"            fh.write({forged!r} + '\\n')\n        print('opened', n)\n    except OSError:\n        pass\n"
+    )
+    results = sandbox.run_program(program, ["", ""], None)
+    assert [r.status for r in results] == [TestStatus.OK, TestStatus.OK]
+    assert all("opened" not in r.output and r.output != "FORGED" for r in results)
 
 
 @pytest.mark.timeout(60)

@@ -196,9 +196,8 @@ class Sandbox:
             problem = self._probe(backend)
             if problem is None:
                 if backend == "none":
-                    log.warning(
-                        "sandbox: no isolation tool works here; programs run with rlimits only (backend none)"
-                    )
+                    why = "no isolation tool works here; " if wanted == "auto" else ""
+                    log.warning("sandbox: %sbackend none runs programs with rlimits only, not isolated", why)
                 elif wanted == "auto" and backend != BACKEND_ORDER[0]:
                     log.warning("sandbox: bwrap unavailable; using %s (weaker isolation)", backend)
                 return backend
@@ -218,7 +217,8 @@ class Sandbox:
         finally:
             self._slots.put(uid)
         if res is None:
-            return died
+            lines = [line for line in died.splitlines() if line.strip()]
+            return lines[-1] if lines else "no output"
         if res.status is TestStatus.OK and res.output.strip() == "42":
             return None
         return f"{res.status.value}: {res.detail} (interpreter {self.python}; see sandbox.python)"
@@ -249,12 +249,15 @@ class Sandbox:
             "pid_namespace": pid_namespace,
         }
 
-    def _launch(self, backend: str, scratch: str) -> isolation.Launch:
+    def _launch(self, backend: str) -> tuple[isolation.Launch, str | None]:
+        """The command for `backend`, and the host scratch directory it needs (bwrap has its own tmpfs)."""
         if backend == "bwrap":
-            return isolation.bwrap_launch(self.cfg, self.python)
+            return isolation.bwrap_launch(self.cfg, self.python), None
+        scratch = tempfile.mkdtemp(prefix="pfrl-sbx-")
+        os.chmod(scratch, 0o1777)  # the dropped uid writes here
         if backend == "unshare":
-            return isolation.unshare_launch(self.python, scratch)
-        return isolation.bare_launch(self.python, scratch)
+            return isolation.unshare_launch(self.python, scratch), scratch
+        return isolation.bare_launch(self.python, scratch), scratch
 
     def _run_batch(
         self,
@@ -267,15 +270,14 @@ class Sandbox:
     ) -> tuple[list[TestResult | None], str]:
         """One harness over `indices`; None for the tests it did not report (it died or stalled),
         and then the harness's last stderr words."""
-        scratch = tempfile.mkdtemp(prefix="pfrl-sbx-")
-        os.chmod(scratch, 0o1777)  # the dropped uid writes here (unshare / none backends)
-        launch = self._launch(backend, scratch)
+        launch, scratch = self._launch(backend)
         job = self._job(program, entry_point, inputs, indices, uid, launch.pid_namespace)
         results: list[TestResult | None] = [None] * len(indices)
         try:
             run = _HarnessRun(launch, job, self.cfg.max_output_bytes)
         except OSError as e:  # the isolation tool or interpreter cannot be started
-            shutil.rmtree(scratch, ignore_errors=True)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
             return results, f"cannot start {launch.argv[0]}: {e.strerror}"
         try:
             wait = self.cfg.startup_timeout_s + self.cfg.timeout_s
@@ -291,7 +293,8 @@ class Sandbox:
                 run.kill()
             died = "" if results[-1] is not None else run.stderr_tail() or "no output"
             run.close()
-            shutil.rmtree(scratch, ignore_errors=True)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
         return results, died
 
     def _run_all(self, program: str, entry_point: str | None, inputs: list[str]) -> list[TestResult]:
