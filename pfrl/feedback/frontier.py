@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -69,6 +70,11 @@ class FrontierClient:
         self.cache = Path(cfg.cache_dir) if cfg.cache_dir else None
         self.requests_sent = 0
         self.cache_hits = 0
+        self._count_lock = threading.Lock()  # chat_many calls from several threads
+
+    def _count(self, what: str) -> None:
+        with self._count_lock:
+            setattr(self, what, getattr(self, what) + 1)
 
     # -- one request -------------------------------------------------------------------------------
     def _payload(self, req: ChatRequest) -> dict[str, Any]:
@@ -110,7 +116,7 @@ class FrontierClient:
         delay = self.cfg.backoff_s
         for attempt in range(self.cfg.max_retries + 1):
             try:
-                self.requests_sent += 1
+                self._count("requests_sent")
                 content = self._post(body)
                 if want_json:
                     json.loads(content)  # malformed JSON is worth another try
@@ -134,7 +140,7 @@ class FrontierClient:
         body = self._payload(req)
         path = self._cache_path(body)
         if path is not None and path.is_file():
-            self.cache_hits += 1
+            self._count("cache_hits")
             return json.loads(path.read_text())["content"]
         content = self._post_with_retries(body, want_json=req.schema is not None)
         if path is not None:

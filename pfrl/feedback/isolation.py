@@ -76,8 +76,8 @@ def _interpreter_mounts(python: str, extra: list[str]) -> list[str]:
     args: list[str] = []
     prefixes = {os.path.realpath(sys.base_prefix), str(Path(os.path.realpath(python)).parents[1])}
     for path in sorted(prefixes | {os.path.realpath(p) for p in extra}):
-        if path.startswith("/usr/"):
-            continue
+        if path == "/usr" or path.startswith("/usr/"):
+            continue  # already bound with the system directories
         for parent in reversed(Path(path).parents[:-1]):
             args += ["--perms", "0755", "--dir", str(parent)]
         args += ["--ro-bind", path, path]

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -186,6 +187,7 @@ class Sandbox:
         for slot in range(cfg.workers):
             self._slots.put(uid0 + slot)
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self.backend = self._resolve_backend()
 
     # -- backend selection -------------------------------------------------------------------------
@@ -339,14 +341,17 @@ class Sandbox:
 
     def run_many(self, jobs: list[SandboxJob]) -> list[list[TestResult]]:
         """Run jobs on the pool (`workers` at once), results in job order."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.cfg.workers, thread_name_prefix="sandbox")
-        return list(self._pool.map(self.run_job, jobs))
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.cfg.workers, thread_name_prefix="sandbox")
+            pool = self._pool
+        return list(pool.map(self.run_job, jobs))
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def __enter__(self) -> Sandbox:
         return self
