@@ -81,6 +81,10 @@ class GeneratorActor:
     def receive_weights(self, version: int, spec: dict[str, Any]) -> dict[str, Any]:
         return self._engine.receive_weights(version, spec)
 
+    def sample(self, prompts: list[str], n: int, temperature: float) -> list[list[str]]:
+        """Completion texts for evaluation (see `GeneratorEngine.sample_texts`)."""
+        return self._engine.sample_texts(prompts, n, temperature)
+
     def logprobs(self, prompt: str, continuation: str) -> list[float]:
         return self._engine.logprobs(prompt, continuation)
 

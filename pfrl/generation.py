@@ -193,24 +193,29 @@ class GeneratorEngine:
             seed=request_seed(self.seed, item.problem.id, item.attempt, version),
         )
 
+    def _submit(
+        self, items: list[PromptItem], prompts: list[list[int]], todo: list[int], version: int
+    ) -> dict[str, int]:
+        """Add one request per prompt in `todo`; returns request id -> item index."""
+        from vllm.inputs import TokensPrompt
+
+        engine = self._llm.llm_engine
+        inputs = engine.renderer.render_cmpl([TokensPrompt(prompt_token_ids=prompts[i]) for i in todo])
+        ids: dict[str, int] = {}
+        for i, engine_input in zip(todo, inputs, strict=True):
+            rid = f"g{self.generator_id}-{self._next_request}"
+            self._next_request += 1
+            engine.add_request(rid, engine_input, self._params(items[i], len(prompts[i]), version))
+            ids[rid] = i
+        return ids
+
     def _run_requests(
         self, items: list[PromptItem], prompts: list[list[int]], todo: list[int], version: int
     ) -> tuple[dict[int, Any], bool]:
         """Step the engine until `todo` is sampled, or (pause mode) a swap is waiting: then abort
         what is unfinished and report the interruption."""
-        from vllm.inputs import TokensPrompt
-
         engine = self._llm.llm_engine
-        ids: dict[str, int] = {}
-        for i in todo:
-            rid = f"g{self.generator_id}-{self._next_request}"
-            self._next_request += 1
-            engine.add_request(
-                rid,
-                TokensPrompt(prompt_token_ids=prompts[i]),
-                self._params(items[i], len(prompts[i]), version),
-            )
-            ids[rid] = i
+        ids = self._submit(items, prompts, todo, version)
         finished: dict[int, Any] = {}
         while len(finished) < len(ids):
             if self.cfg.swap_mode == "pause" and self._gate.swap_waiting():
@@ -249,6 +254,17 @@ class GeneratorEngine:
             policy_version=self.policy_version,
             generator_id=self.generator_id,
         )
+
+    def sample_texts(self, prompts: list[str], n: int, temperature: float) -> list[list[str]]:
+        """n completions per prompt with explicit sampling settings (temperature 0: greedy), for
+        held-out evaluation under the served weights; rollouts use `generate`."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=n, temperature=temperature, top_p=1.0 if temperature == 0 else self.cfg.top_p,
+                                max_tokens=self.cfg.max_tokens, stop=list(self.cfg.stop) or None, seed=self.seed)
+        with self._gate.engine_call():
+            outs = self._llm.generate(prompts, params, use_tqdm=False)
+        return [[c.text for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
 
     def logprobs(self, prompt: str, continuation: str) -> list[float]:
         """Log-probs of each token of `continuation` after `prompt` under the served weights
