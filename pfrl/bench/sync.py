@@ -1,0 +1,174 @@
+"""`pfrl bench sync --size-mb S`: weight-sync throughput of each transport against a plain
+in-memory copy of the same bytes (the machine's limit), as a ratio.
+
+The payload is S MB of float32 tensors (4 MB each, like a model's matrices) sent as one policy
+version in `sync.bucket_mb` buckets. Receivers run in separate processes (as vLLM workers do) and
+copy every tensor into a preallocated destination, the same final write `load_weights` does, so
+each transport is measured from the first byte sent to the last byte in place at every receiver.
+The baseline copies the same tensors into such a destination within one process. Group setup and a
+warm-up version are untimed; the best of `--repeats` rounds is reported. Figures are printed,
+never asserted. Copies run on one thread everywhere (one stream, like one receiver's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import time
+import uuid
+from typing import Any
+
+TENSOR_MB = 4
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size-mb", type=float, default=256.0, help="Payload per sync in MB (default 256).")
+    p.add_argument("--receivers", type=int, default=1, help="Receiving processes (default 1).")
+    p.add_argument("--repeats", type=int, default=3, help="Timed rounds per transport; the best counts.")
+    p.add_argument("--transports", default="zmq,collective", help="Comma-separated: zmq, collective.")
+    p.add_argument("--config", default=None, help="YAML config (its sync section applies).")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="Config override (repeatable)."
+    )
+
+
+def _payload(size_mb: float) -> list[tuple[str, Any]]:
+    import torch
+
+    per = TENSOR_MB * 2**20 // 4
+    total = int(size_mb * 2**20) // 4
+    g = torch.Generator().manual_seed(0)
+    return [
+        (f"layer{i}.weight", torch.randn(min(per, total - i * per), generator=g))
+        for i in range((total + per - 1) // per)
+    ]
+
+
+def _receiver(transport: str, spec: dict, rank: int, rounds: int, sizes: list[int], q: Any) -> None:
+    """One receiving process: take `rounds` versions, writing each tensor into place."""
+    import torch
+
+    torch.set_num_threads(1)  # like the baseline: one copy stream (threads thrash on a busy box)
+
+    from pfrl.transport import collective
+    from pfrl.transport.buckets import Received
+    from pfrl.transport.zmq_weights import ZmqWeightReceiver
+
+    dest = [torch.empty(n) for n in sizes]
+    zmq_rx = ZmqWeightReceiver("127.0.0.1") if transport == "zmq" else None
+    q.put(("ready", rank, zmq_rx.addr if zmq_rx else None))
+    pg = collective.join(collective.GroupSpec(**spec), rank, 120.0) if transport == "collective" else None
+    for version in range(rounds):
+        into = Received()
+        if zmq_rx is not None:
+            stream = zmq_rx.receive(version, 120.0, into)
+        else:
+            stream = collective.receive(pg, "gloo", version, into)
+        for i, (_, t) in enumerate(stream):
+            dest[i].copy_(t)
+        q.put(("done", rank, version))
+
+
+def _start_receivers(transport: str, n: int, rounds: int, sizes: list[int]) -> tuple[list, Any, dict]:
+    import torch.distributed as dist
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    spec: dict = {}
+    store = None
+    if transport == "collective":
+        store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+        spec = {
+            "host": "127.0.0.1",
+            "port": store.port,
+            "group_id": uuid.uuid4().hex[:8],
+            "world_size": n + 1,
+            "backend": "gloo",
+        }
+    procs = [
+        ctx.Process(target=_receiver, args=(transport, spec, r + 1, rounds, sizes, q), daemon=True)
+        for r in range(n)
+    ]
+    for proc in procs:
+        proc.start()
+    addrs = sorted((msg[1], msg[2]) for msg in (q.get(timeout=120) for _ in procs))
+    return procs, q, {"spec": spec, "store": store, "addrs": [a for _, a in addrs]}
+
+
+def _sender_spec(transport: str, setup: dict, bucket_bytes: int):
+    from pfrl.transport.collective import GroupSpec
+    from pfrl.transport.weights import SenderSpec
+
+    if transport == "zmq":
+        return SenderSpec("zmq", bucket_bytes, 120.0, setup["addrs"])
+    return SenderSpec("collective", bucket_bytes, 120.0, group=GroupSpec(**setup["spec"]))
+
+
+def _transport_seconds(
+    transport: str, payload: list, receivers: int, repeats: int, bucket_bytes: int
+) -> float:
+    """Best time to get the whole payload into place at every receiver."""
+    from pfrl.transport.buckets import split_buckets
+    from pfrl.transport.weights import send_weights
+
+    sizes = [t.numel() for _, t in payload]
+    procs, q, setup = _start_receivers(transport, receivers, repeats + 1, sizes)
+    spec = _sender_spec(transport, setup, bucket_bytes)
+    best = float("inf")
+    try:
+        for version in range(repeats + 1):  # version 0 warms up (and forms the group)
+            start = time.perf_counter()
+            send_weights(spec, version, split_buckets(payload, bucket_bytes))
+            for _ in range(receivers):
+                q.get(timeout=300)
+            if version:
+                best = min(best, time.perf_counter() - start)
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.terminate()
+    return best
+
+
+def _memcpy_seconds(payload: list, repeats: int) -> float:
+    import torch
+
+    torch.set_num_threads(1)  # one copy stream, as each receiver has
+    dest = [torch.empty_like(t) for _, t in payload]
+    best = float("inf")
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        for d, (_, t) in zip(dest, payload, strict=True):
+            d.copy_(t)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def run(args: argparse.Namespace) -> int:
+    from pfrl.config import load_config
+    from pfrl.errors import UserError
+
+    cfg = load_config(args.config, args.set)
+    transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    if unknown := set(transports) - {"zmq", "collective"}:
+        raise UserError(f"--transports: unknown {sorted(unknown)} (zmq, collective)")
+    if args.size_mb <= 0 or args.receivers < 1 or args.repeats < 1:
+        raise UserError("--size-mb, --receivers and --repeats must be positive")
+    payload = _payload(args.size_mb)
+    nbytes = sum(t.numel() * 4 for _, t in payload)
+    bucket_bytes = int(cfg.sync.bucket_mb * 2**20)
+    base = nbytes / _memcpy_seconds(payload, args.repeats) / 1e9
+    print(
+        f"sync bench: {nbytes / 2**20:.0f} MB in {cfg.sync.bucket_mb:g} MB buckets to {args.receivers} "
+        f"receiver process(es), best of {args.repeats}"
+    )
+    print(f"  in-memory copy     : {base:8.2f} GB/s")
+    for transport in transports:
+        secs = _transport_seconds(transport, payload, args.receivers, args.repeats, bucket_bytes)
+        gbps = nbytes / secs / 1e9
+        label = "collective (gloo)" if transport == "collective" else "zmq"
+        print(
+            f"  {label:<19}: {gbps:8.2f} GB/s  ({secs * 1000:.0f} ms per sync, ratio to copy {gbps / base:.3f})"
+        )
+    return 0
