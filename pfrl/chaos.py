@@ -9,8 +9,6 @@ every iteration exactly once, steps 1..N with no gap or repeat.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time

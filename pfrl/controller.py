@@ -331,8 +331,8 @@ class Controller:
     def _sync_now(self, version: int, gens: list[int]) -> dict:
         from pfrl.transport.weights import sync_weights
 
-        stats = sync_weights(self.fleet.learner.rank0, [self.fleet.generators[g] for g in gens], version,
-                             self.cfg.sync, learner_followers=self.fleet.learner.actors[1:])
+        # Learner rank 0 drives the other ranks' ZeRO-3 gathers itself (LearnerActor.set_peers).
+        stats = sync_weights(self.fleet.learner.rank0, [self.fleet.generators[g] for g in gens], version, self.cfg.sync)
         for g in gens:
             self.gen_versions[g] = version
         return stats

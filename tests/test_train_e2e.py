@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from e2e_config import short_run
+
 from pfrl.ledger import audit, read_ledger
 
 pytestmark = pytest.mark.slow
