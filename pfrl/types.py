@@ -71,6 +71,10 @@ class LabelledGroup:
     pseudo_outputs: list[str | None] | None = None
     label_s: float = 0.0
 
+    def __post_init__(self) -> None:
+        # msgpack has no tuples: restore (chosen, rejected) index pairs after a round trip.
+        self.pairs = [tuple(p) for p in self.pairs]
+
 
 @dataclass(slots=True)
 class PreferencePair:
