@@ -16,6 +16,7 @@ half-updated weights (the swap itself happens between engine steps, inside the w
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -102,9 +103,22 @@ def _dtype(setting: str) -> str:
     return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
-def _build_llm(model_path: str, gen: GeneratorSection, model: ModelSection, seed: int) -> Any:
-    if not (Path(model_path) / "config.json").is_file():
+def check_model_dir(model_path: str, max_length: int) -> None:
+    """UserError unless `model_path` is a model directory whose context fits `model.max_length`
+    (checked before any engine starts, so the user gets one line instead of an engine traceback)."""
+    config = Path(model_path) / "config.json"
+    if not config.is_file():
         raise UserError(f"{model_path}: not a Hugging Face model directory (no config.json)")
+    try:
+        positions = json.loads(config.read_text()).get("max_position_embeddings")
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{config}: unreadable ({e})") from None
+    if isinstance(positions, int) and max_length > positions:
+        raise UserError(f"model.max_length={max_length} exceeds the model's {positions} positions ({config})")
+
+
+def _build_llm(model_path: str, gen: GeneratorSection, model: ModelSection, seed: int) -> Any:
+    check_model_dir(model_path, model.max_length)
     # The CPU backend reads its KV-cache size from the environment when the engine starts.
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gen.cpu_kvcache_gb)
     from vllm import LLM
@@ -260,8 +274,14 @@ class GeneratorEngine:
         held-out evaluation under the served weights; rollouts use `generate`."""
         from vllm import SamplingParams
 
-        params = SamplingParams(n=n, temperature=temperature, top_p=1.0 if temperature == 0 else self.cfg.top_p,
-                                max_tokens=self.cfg.max_tokens, stop=list(self.cfg.stop) or None, seed=self.seed)
+        params = SamplingParams(
+            n=n,
+            temperature=temperature,
+            top_p=1.0 if temperature == 0 else self.cfg.top_p,
+            max_tokens=self.cfg.max_tokens,
+            stop=list(self.cfg.stop) or None,
+            seed=self.seed,
+        )
         with self._gate.engine_call():
             outs = self._llm.generate(prompts, params, use_tqdm=False)
         return [[c.text for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]

@@ -66,6 +66,23 @@ def test_bad_prompts_file_and_bad_n_are_user_errors(tiny_math_model, tmp_path, p
         == 2
     )
     assert "n_samples" in _error_line(capsys)
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                tiny_math_model,
+                "--prompts",
+                str(problems_file),
+                "--out",
+                out,
+                "--set",
+                "model.max_length=4096",
+            ]
+        )
+        == 2
+    )
+    assert "exceeds the model's 512 positions" in _error_line(capsys)
     assert not os.path.exists(out)
 
 

@@ -9,14 +9,10 @@ completions; they are counted and left out (a label input row needs at least one
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-from pfrl.errors import UserError
 
 IN_FLIGHT_PER_GENERATOR = 2  # one batch sampling, one queued, so no generator idles between calls
 
@@ -59,12 +55,10 @@ def _start_generators(cfg: Any, model: str) -> list[Any]:
     from actors.generator import spawn_generator
 
     if not ray.is_initialized():
-        # vLLM's per-engine logs would drown the progress bar; the user's own setting wins.
-        env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+        # Every engine logs its start-up; forwarded here they would drown the progress bar and the
+        # result line. They stay in Ray's session logs; failures still surface as exceptions.
         kwargs = {"num_cpus": cfg.cluster.num_cpus} if cfg.cluster.ray_address is None else {}
-        ray.init(
-            address=cfg.cluster.ray_address, include_dashboard=False, runtime_env={"env_vars": env}, **kwargs
-        )
+        ray.init(address=cfg.cluster.ray_address, include_dashboard=False, log_to_driver=False, **kwargs)
     g = cfg.generator
     return [
         # Offline sampling is idempotent, so a call lost to a restart is simply retried.
@@ -141,11 +135,11 @@ def _run_sampling(cfg: Any, model: str, problems: list, show_progress: bool) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    from pfrl.generation import check_model_dir
     from pfrl.tasks.io import read_problems, write_jsonl
 
     cfg = _config(args)
-    if not (Path(args.model) / "config.json").is_file():
-        raise UserError(f"{args.model}: not a Hugging Face model directory (no config.json)")
+    check_model_dir(args.model, cfg.model.max_length)
     problems = read_problems(args.prompts, cfg.data.max_bad_records).problems
     import ray
 
