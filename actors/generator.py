@@ -75,7 +75,7 @@ class GeneratorActor:
     def policy_version(self) -> int:
         return self._engine.policy_version
 
-    def prepare_sync(self, transport: str) -> dict[str, Any]:
+    def prepare_sync(self, transport: str | None = None) -> dict[str, Any]:
         return self._engine.receiver_info(transport).to_dict()
 
     def receive_weights(self, version: int, spec: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +107,9 @@ def spawn_generator(
     **ray_options: Any,
 ) -> Any:
     """Start one GeneratorActor (Ray restarts it up to `generator.max_restarts` times).
-    Extra `ray_options` (e.g. a placement-group `scheduling_strategy`) go to `.options(...)`."""
+    `num_gpus` is the engine's GPUs (`generator.tensor_parallel_size` on GPUs, 0 on CPU) unless a
+    placement-group bundle provides them; extra `ray_options` (e.g. its `scheduling_strategy`) go
+    to `.options(...)`."""
     import ray
 
     cls = ray.remote(GeneratorActor).options(

@@ -301,8 +301,10 @@ class GeneratorEngine:
 
     # -- weight sync ----------------------------------------------------------------------------
 
-    def receiver_info(self, transport: str) -> ReceiverInfo:
+    def receiver_info(self, transport: str | None = None) -> ReceiverInfo:
+        """How the learner reaches this engine's workers; `transport` defaults to `sync.transport`."""
         device = self._workers[0]["device"]
+        transport = transport or self.sync_cfg.transport
         return ReceiverInfo(
             generator_id=self.generator_id,
             instance_id=self.instance_id,

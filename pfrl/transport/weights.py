@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pfrl.config import SyncSection
 from pfrl.transport.buckets import Named, SyncError
 from pfrl.transport.collective import GroupSpec
 
@@ -171,7 +172,7 @@ class WeightSync:
         self._group = _HostedGroup(spec, members, store)
         return spec
 
-    def plan(self, infos: list[ReceiverInfo], cfg: Any) -> tuple[SenderSpec, list[ReceiverSpec]]:
+    def plan(self, infos: list[ReceiverInfo], cfg: SyncSection) -> tuple[SenderSpec, list[ReceiverSpec]]:
         transports = {i.transport for i in infos}
         if len(transports) != 1:
             raise SyncError(f"generators disagree on the weight transport: {sorted(transports)}")
@@ -201,7 +202,12 @@ _STATE = WeightSync()
 
 
 def _run_once(
-    learner: Any, followers: Sequence[Any], gens: Sequence[Any], version: int, cfg: Any, state: WeightSync
+    learner: Any,
+    followers: Sequence[Any],
+    gens: Sequence[Any],
+    version: int,
+    cfg: SyncSection,
+    state: WeightSync,
 ) -> dict[str, Any]:
     import ray
 
@@ -242,7 +248,7 @@ def sync_weights(
     learner_rank0_handle: Any,
     generator_handles: Sequence[Any],
     version: int,
-    sync_cfg: Any,
+    sync_cfg: SyncSection,
     learner_followers: Sequence[Any] = (),
     state: WeightSync | None = None,
 ) -> dict[str, Any]:
