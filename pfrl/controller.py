@@ -16,7 +16,9 @@ checkpoints) and drives the actors over Ray:
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -131,6 +133,11 @@ class Controller:
                       f"{len(self.scheduler.inflight_ids())} prompts re-issued, {rolled} ledger lines rolled back")
         return path
 
+    def write_state(self, state: str, detail: str = "") -> None:
+        """RUN_DIR/state.json: what `pfrl status` reports as the run's state."""
+        record = {"state": state, "detail": detail, "pid": os.getpid(), "time": time.time(), "step": self.counters.step}
+        (self.run_dir / "state.json").write_text(json.dumps(record))
+
     def checkpoint(self) -> None:
         self.ledger.flush()
         tag = f"step{self.counters.step}"
@@ -165,6 +172,7 @@ class Controller:
             self._reap_learner()
             if self.stop_requested and self.job is None:
                 self.checkpoint()
+                self.write_state("stopped", "stopped on request")
                 console.print("stopped on request; resume with --resume")
                 return
             self._maybe_train()
@@ -182,6 +190,7 @@ class Controller:
         self.checkpoint()
         final = self.run_dir / "final"
         self.fleet.learner.save_hf(str(final))
+        self.write_state("finished")
         console.print(f"done: {self.counters.step} steps, policy v{self.counters.version}; model in {final}")
 
     # -- generation and labelling ----------------------------------------------------------
@@ -357,20 +366,21 @@ class Controller:
                 self._ledger(pair.prompt_id, entry.iteration, "trained", entry.pairs_trained)
         if sync is not None:
             self.meters.on_sync(sync)
-        self._log_step(metrics, job)
         step = self.counters.step
-        if self.cfg.metrics.eval_every_steps and step % self.cfg.metrics.eval_every_steps == 0:
-            self._eval_and_log(step)
+        every = self.cfg.metrics.eval_every_steps
+        evaluation = self._evaluate(step) if every and step % every == 0 else {}
+        self._log_step(metrics, job, evaluation)
         if step % self.cfg.checkpoint.every_steps == 0:
             self.checkpoint()
 
-    def _log_step(self, metrics: dict, job: LearnerJob) -> None:
+    def _log_step(self, metrics: dict, job: LearnerJob, evaluation: dict) -> None:
         record = self.meters.step_record(
             step=self.counters.step, iteration=self.scheduler.iteration, version=self.counters.version,
             learner=metrics, buffer=self.buffer.stats(self.counters.version), restarts=(
                 self.counters.generator_restarts, self.counters.labeller_restarts),
             split_size=len(self.scheduler.split),
         )
+        record.update(evaluation)
         self.metrics.log(record)
         if self.counters.step % self.cfg.run.log_every == 0:
             console.print(self.meters.console_line(record))
@@ -384,33 +394,33 @@ class Controller:
         if not self.scheduler.advance_iteration():
             self._all_done = True
             return
+        self.meters.settled = 0
         self.checkpoint()
 
     # -- evaluation ------------------------------------------------------------------------
-    def _eval_and_log(self, step: int) -> None:
+    def _evaluate(self, step: int) -> dict[str, float]:
+        """Greedy held-out accuracy under the generators' current weights (generator 0)."""
+        import ray
+
         from pfrl.evaluation import Scorer, evaluate
 
         problems = self.inputs.heldout[: self.cfg.metrics.eval_prompts]
-        if not problems:
-            return
         gen = self.fleet.generators[0]
 
         def sample(prompts: list[str], n: int, temperature: float) -> list[list[str]]:
-            import ray
-
             return ray.get(gen.sample.remote(prompts, n, temperature))
 
         scorer = Scorer(self.cfg.run.task, self.cfg.labeller.verify_timeout_s, self.cfg.labeller.sandbox)
         result = evaluate(problems, sample, scorer)
         self.counters.evals_done.append(step)
-        self.meters.last_eval = result["accuracy"]
-        record = {"step": step, "iteration": self.scheduler.iteration, "policy_version": self.counters.version,
-                  "time": time.time(), "eval/accuracy": result["accuracy"], "eval/problems": result["problems"]}
-        if step == 0:
-            self.metrics.log(record)
-        else:
-            self.meters.pending_eval = record
         console.print(f"[bold]eval[/] step {step}: held-out accuracy {result['accuracy']:.3f} on {len(problems)} problems")
+        return {"eval/accuracy": result["accuracy"], "eval/problems": result["problems"]}
+
+    def _eval_and_log(self, step: int) -> None:
+        """An evaluation outside a step (run start, run end): its own metrics line."""
+        evaluation = self._evaluate(step)
+        self.metrics.log({"step": step, "iteration": self.scheduler.iteration, "policy_version": self.counters.version,
+                          "time": time.time(), **evaluation})
 
 
 def _install_signal_handlers(controller: Controller) -> None:
@@ -432,12 +442,15 @@ def train(cfg: PfrlConfig, resume: bool = False) -> int:
     controller = Controller(cfg, inputs, resume)
     _install_signal_handlers(controller)
     try:
+        controller.write_state("starting")
         controller.start()
+        controller.write_state("running")
         controller.run()
         return 0
     except RunFailed as e:
         latest = controller.store.latest()
         where = f"last checkpoint {latest.name}; resume with --resume" if latest else "no checkpoint yet"
+        controller.write_state("failed", str(e))
         console.print(f"[red]run failed: {e} ({where})")
         return 1
     finally:

@@ -7,6 +7,7 @@ the previous step. Counters that must survive a resume are in `state_dict`.
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 from pfrl.metrics import RateMeter
@@ -18,6 +19,9 @@ _DPO_KEYS = {"loss": "dpo/loss", "reward_acc": "dpo/reward_acc", "margin": "dpo/
              "logp_chosen": "dpo/logp_chosen", "logp_rejected": "dpo/logp_rejected", "nll": "dpo/nll"}
 
 
+_LABEL_WINDOW = 64  # groups behind label/pair_yield, label/vote_share, label/pass_rate
+
+
 class RunMeters:
     def __init__(self, task: str):
         self.task = task
@@ -26,12 +30,12 @@ class RunMeters:
         self.label_groups = RateMeter()
         self.labelled_groups = 0
         self.settled = 0
-        self._since_step: list[tuple[float | None, float, int]] = []  # (vote share, mean score, pairs)
+        # (vote share, mean score, pairs) of the most recent groups: a step that saw no new labels
+        # still reports the current picture rather than a hole in the series.
+        self._recent: deque[tuple[float | None, float, int]] = deque(maxlen=_LABEL_WINDOW)
         self._sync: dict[str, Any] | None = None
         self._lags: list[int] = []
         self._step_start = self._last_step_end = time.time()
-        self.last_eval: float | None = None
-        self.pending_eval: dict | None = None
 
     def on_labelled(self, group: RolloutGroup, result: LabelledGroup) -> None:
         self.labelled_groups += 1
@@ -39,7 +43,7 @@ class RunMeters:
         self.gen_prompts.add(1)
         self.label_groups.add(1)
         mean_score = sum(result.scores) / len(result.scores) if result.scores else 0.0
-        self._since_step.append((result.vote_share, mean_score, len(result.pairs)))
+        self._recent.append((result.vote_share, mean_score, len(result.pairs)))
 
     def on_sync(self, stats: dict[str, Any]) -> None:
         self._sync = stats
@@ -49,10 +53,8 @@ class RunMeters:
         self._step_start = time.time()
 
     def _label_stats(self) -> dict[str, float]:
-        rows, self._since_step = self._since_step, []
-        if not rows:
-            return {}
-        out = {"label/pair_yield": sum(p > 0 for _, _, p in rows) / len(rows), "label/groups": len(rows)}
+        rows = list(self._recent) or [(None, 0.0, 0)]
+        out = {"label/pair_yield": sum(p > 0 for _, _, p in rows) / len(rows), "label/groups": self.labelled_groups}
         if self.task == "math":
             shares = [v for v, _, _ in rows if v is not None]
             out["label/vote_share"] = sum(shares) / len(shares) if shares else 0.0
@@ -94,9 +96,6 @@ class RunMeters:
         record["faults/generator_restarts"], record["faults/labeller_restarts"] = restarts
         record["progress/settled"] = self.settled
         record["progress/split"] = split_size
-        if self.pending_eval is not None:
-            record.update({k: v for k, v in self.pending_eval.items() if k.startswith("eval/")})
-            self.pending_eval = None
         return record
 
     @staticmethod
@@ -110,9 +109,8 @@ class RunMeters:
                 f"| sync {r.get('sync/ms', 0):5.0f} ms | {r['progress/settled']}/{r['progress/split']} prompts")
 
     def state_dict(self) -> dict:
-        return {"labelled_groups": self.labelled_groups, "settled": self.settled, "last_eval": self.last_eval}
+        return {"labelled_groups": self.labelled_groups, "settled": self.settled}
 
     def load_state_dict(self, state: dict) -> None:
         self.labelled_groups = state["labelled_groups"]
         self.settled = state["settled"]
-        self.last_eval = state["last_eval"]
