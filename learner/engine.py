@@ -10,7 +10,6 @@ on a micro-batch count first and the short ones split batches or add zero-weight
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import time
@@ -28,7 +27,7 @@ from learner.batching import (
     split_to_count,
     tokenize_pairs,
 )
-from learner.dist import compute_dtype, init_distributed
+from learner.dist import compute_dtype, init_distributed, quiet_deepspeed
 from learner.loss import dpo_loss
 from learner.optim import build_optimizer, deepspeed_config, reference_deepspeed_config, scheduler_factory
 from learner.reference import ReferenceModel, load_causal_lm
@@ -66,7 +65,7 @@ class DPOEngine:
         from transformers import AutoTokenizer
 
         check_model_dir(model_path)
-        deepspeed.utils.logger.setLevel(logging.WARNING)
+        quiet_deepspeed()
         self.cfg, self.model_cfg = cfg, model_cfg
         self.rank, self.world_size = init_distributed()
         torch.manual_seed(seed)

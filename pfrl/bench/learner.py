@@ -2,9 +2,10 @@
 loop over the same model and the same batches, as a ratio (the engine's overhead, or gain).
 
 Both sides run the same tokenisation, micro-batch packing, log-prob and loss code, the same AdamW
-and gradient clipping; only the optimizer/backward machinery differs. The plain loop runs first,
-then the engine; each gets `--warmup` untimed steps. Without `--model`, a random tiny Llama is built
-in a temporary directory. Synthetic pairs: a reference solution against one with a wrong answer.
+and gradient clipping; only the optimizer/backward machinery differs. The two run batch by batch
+in alternation, each after `--warmup` untimed steps. Without `--model`, a random tiny Llama is
+built in a temporary directory. Synthetic pairs: a reference solution against one with a wrong
+answer.
 """
 
 from __future__ import annotations
@@ -104,14 +105,20 @@ class PlainDPOLoop:
         return tokens
 
 
-def _time(step_fn, batches: list, warmup: int) -> float:
-    """Tokens/s over the batches after `warmup` of them."""
+def _time_interleaved(steps: dict, batches: list, warmup: int) -> dict[str, float]:
+    """Tokens/s of each step function over the batches after `warmup`. The sides alternate batch
+    by batch, so a change in machine load (a shared box) hits both alike."""
     for batch in batches[:warmup]:
-        step_fn(batch)
-    start, tokens = time.perf_counter(), 0
+        for fn in steps.values():
+            fn(batch)
+    seconds = dict.fromkeys(steps, 0.0)
+    tokens = dict.fromkeys(steps, 0)
     for batch in batches[warmup:]:
-        tokens += step_fn(batch)
-    return tokens / (time.perf_counter() - start)
+        for name, fn in steps.items():
+            start = time.perf_counter()
+            tokens[name] += fn(batch)
+            seconds[name] += time.perf_counter() - start
+    return {name: tokens[name] / seconds[name] for name in steps}
 
 
 def _random_model(tmp: str, hidden: int, layers: int) -> str:
@@ -138,15 +145,17 @@ def run(args: argparse.Namespace) -> int:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(cfg.run.seed)
         plain = PlainDPOLoop(model, lc, cfg.model, device)
-        plain_tps = _time(plain.train_step, batches, args.warmup)
-        del plain
         engine = DPOEngine(model, lc, cfg.model, cfg.run.seed, total_steps=len(batches))
-        engine_tps = _time(lambda b: int(engine.train_step(b)["learner/tokens"]), batches, args.warmup)
+        tps = _time_interleaved(
+            {"plain": plain.train_step, "engine": lambda b: int(engine.train_step(b)["learner/tokens"])},
+            batches,
+            args.warmup,
+        )
     print(
         f"learner bench: ZeRO-{lc.zero_stage}, {device.type}, {lc.pairs_per_step} pairs/step, "
         f"{args.steps} timed steps"
     )
-    print(f"  plain PyTorch loop : {plain_tps:10.1f} tokens/s")
-    print(f"  DeepSpeed engine   : {engine_tps:10.1f} tokens/s")
-    print(f"  ratio engine/plain : {engine_tps / plain_tps:10.3f}")
+    print(f"  plain PyTorch loop : {tps['plain']:10.1f} tokens/s")
+    print(f"  DeepSpeed engine   : {tps['engine']:10.1f} tokens/s")
+    print(f"  ratio engine/plain : {tps['engine'] / tps['plain']:10.3f}")
     return 0

@@ -127,12 +127,20 @@ def _summary(history: list[dict[str, float]], elapsed: float, steps_per_epoch: i
     )
 
 
+def _quiet_loading() -> None:
+    """The progress bar is the run's output; per-file weight-loading bars would interleave with it."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def run(args: argparse.Namespace) -> int:
     from learner.engine import check_model_dir, check_out_dir
     from learner.pairs_file import read_pairs
     from pfrl.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    _quiet_loading()
     check_model_dir(args.model)
     check_out_dir(args.out)
     pair_file = read_pairs(args.pairs, cfg.data.max_bad_records)
