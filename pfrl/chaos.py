@@ -9,6 +9,8 @@ every iteration exactly once, steps 1..N with no gap or repeat.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,10 +22,13 @@ from pfrl.ledger import audit, read_ledger
 
 @dataclass
 class Fault:
-    """Kill when `metrics.jsonl` reaches `after_step` steps, or while a checkpoint is being written."""
+    """Kill when `metrics.jsonl` reaches `after_step` steps, or while a checkpoint is being written.
+    target "run": kill -9 the whole run (then resume); "generator": kill -9 the generator actors'
+    processes only (Ray restarts them; the run must carry on by itself)."""
 
     after_step: int = 0
     during_checkpoint: bool = False
+    target: str = "run"
     description: str = ""
 
 
@@ -66,29 +71,45 @@ def _kill_session(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def _kill_generators(proc: subprocess.Popen) -> None:
+    """SIGKILL the generator actors (and their vLLM engine processes) of this run's session."""
+    listing = subprocess.run(["ps", "-s", str(proc.pid), "-o", "pid=,args="], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if args.startswith("ray::GeneratorActor"):
+            os.kill(int(pid), signal.SIGKILL)
+
+
 def _start(config: str, run_dir: Path, overrides: list[str], resume: bool, log) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pfrl.cli", "train", "--config", config, "--set", f"run.dir={run_dir}"]
     for o in overrides:
         cmd += ["--set", o]
     if resume:
         cmd.append("--resume")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {**os.environ, "PFRL_FAULT_CHECKPOINT_DELAY_S": "2"}  # lets a kill land inside a checkpoint write
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
-def _wait_for(proc: subprocess.Popen, run_dir: Path, fault: Fault | None, timeout_s: float) -> bool:
-    """True if the fault's trigger fired (and the run was killed), False if the run exited."""
+def _fired(run_dir: Path, fault: Fault) -> bool:
+    return _checkpoint_in_progress(run_dir) if fault.during_checkpoint else len(_steps(run_dir)) >= fault.after_step
+
+
+def _wait_for(proc: subprocess.Popen, run_dir: Path, fault: Fault | None, timeout_s: float) -> tuple[bool, bool]:
+    """Run until the process exits or the run is killed; returns (fault injected, run killed)."""
     deadline = time.time() + timeout_s
+    injected = False
     while proc.poll() is None:
         if time.time() > deadline:
             _kill_session(proc)
             raise TimeoutError(f"pfrl train did not finish within {timeout_s:.0f}s")
-        if fault is not None:
-            fired = _checkpoint_in_progress(run_dir) if fault.during_checkpoint else len(_steps(run_dir)) >= fault.after_step
-            if fired:
+        if fault is not None and not injected and _fired(run_dir, fault):
+            injected = True
+            if fault.target == "run":
                 _kill_session(proc)
-                return True
+                return True, True
+            _kill_generators(proc)  # the run must now carry on by itself
         time.sleep(0.05 if fault is not None and fault.during_checkpoint else 0.5)
-    return False
+    return injected, False
 
 
 def run_trial(config: str, run_dir: Path, faults: list[Fault], overrides: list[str] | None = None,
@@ -102,8 +123,9 @@ def run_trial(config: str, run_dir: Path, faults: list[Fault], overrides: list[s
             fault = pending.pop(0) if pending else None
             proc = _start(config, run_dir, overrides or [], resume=report.runs > 0, log=log)
             report.runs += 1
-            if _wait_for(proc, run_dir, fault, timeout_s):
-                report.faults_injected += 1
+            injected, killed = _wait_for(proc, run_dir, fault, timeout_s)
+            report.faults_injected += int(injected)
+            if killed:
                 continue
             report.completed = proc.returncode == 0
             break

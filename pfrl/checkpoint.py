@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +41,14 @@ RESUME_INVARIANTS = (
     ("learner", "zero_stage"),
 )
 REQUIRED = ("controller.json", "buffer.msgpack", "config.yaml", "learner", "COMPLETE")
+
+
+def _injected_delay() -> None:
+    """Fault injection (`pfrl bench chaos`, tests): hold a finished-but-unpublished checkpoint for
+    PFRL_FAULT_CHECKPOINT_DELAY_S seconds, so a kill can land inside the write reliably."""
+    delay = float(os.environ.get("PFRL_FAULT_CHECKPOINT_DELAY_S", "0"))
+    if delay > 0:
+        time.sleep(delay)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -82,6 +91,7 @@ class CheckpointStore:
         (tmp / "controller.json").write_text(json.dumps(controller))
         (tmp / "COMPLETE").write_text(name)
         _fsync_tree(tmp)
+        _injected_delay()
         if final.exists():  # re-checkpointing the same step (e.g. step then iteration boundary)
             shutil.rmtree(final)
         os.replace(tmp, final)

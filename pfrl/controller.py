@@ -220,7 +220,9 @@ class Controller:
             return
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=_POLL_S)
         ready = set(ready)
-        for req in [r for r in self.requests if (r.label_ref or r.gen_ref) in ready]:
+        for req in [r for r in self.requests if (r.gen_ref if r.label_ref is None else r.label_ref) in ready]:
+            if req not in self.requests:
+                continue  # dropped while handling an earlier result (its generator died)
             if req.label_ref is None:
                 self._on_generated(req)
             else:
