@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,7 @@ from pfrl.types import LabelledGroup, PreferencePair, PromptItem, RolloutGroup, 
 log = logging.getLogger(__name__)
 _REQUESTS_PER_GENERATOR = 2  # one running, one queued: the engine never waits for the controller
 _POLL_S = 0.1
+_YIELD_WINDOW = 64  # labelled prompts behind the pair-yield estimate
 
 
 class RunFailed(Exception):
@@ -102,10 +105,11 @@ class Controller:
         self.requests: list[Request] = []
         self.job: LearnerJob | None = None
         self.gen_versions: list[int] = []
-        self.yield_estimate = 1.0  # pairs per labelled prompt, running estimate
+        self.yield_estimate = 1.0  # pairs per labelled prompt, over the recent groups
+        self._yields: deque[int] = deque(maxlen=_YIELD_WINDOW)
         self.stop_requested = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner")
-        self._resume_from = self._restore() if resume else None
+        self._resume_from = self._restore() if resume and self.store.latest() is not None else self._fresh(resume)
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
 
     # -- state -----------------------------------------------------------------------------
@@ -118,6 +122,15 @@ class Controller:
             "ledger_lines": self.ledger.lines, "metrics_lines": self.metrics.jsonl.lines,
             "meters": self.meters.state_dict(),
         }
+
+    def _fresh(self, resume: bool) -> None:
+        """Start from step 0. A run killed before its first checkpoint leaves ledger and metrics
+        lines behind: they describe work that is lost, so they go."""
+        if resume:
+            console.print(f"[yellow]{self.store.root}: no checkpoint yet; starting the run from the beginning")
+        self.ledger.truncate(0)
+        self.metrics.jsonl.truncate(0)
+        return None
 
     def _restore(self) -> Path:
         path, state, buffer_state = self.store.load(self.cfg)
@@ -194,21 +207,32 @@ class Controller:
         console.print(f"done: {self.counters.step} steps, policy v{self.counters.version}; model in {final}")
 
     # -- generation and labelling ----------------------------------------------------------
-    def _issue_allowed(self) -> bool:
+    def _prompt_deficit(self) -> int:
+        """How many more prompts to put in flight: enough for `lag + 1` steps of pairs, counting
+        what is buffered and what the prompts in flight are expected to yield, and nothing while
+        new samples would be stale on arrival (or, in lockstep, while the policy is changing)."""
         lag = self.cfg.buffer.max_policy_lag
         if self.stop_requested or min(self.gen_versions) < self.counters.version - lag:
-            return False
+            return 0
         if lag == 0 and self.job is not None:
-            return False  # lockstep: nothing is sampled while the policy is changing
+            return 0
         inflight = sum(len(r.items) for r in self.requests)
         target = min(self.cfg.learner.pairs_per_step * (lag + 1), self.cfg.buffer.capacity)
-        return len(self.buffer) + inflight * self.yield_estimate < target
+        missing = target - len(self.buffer) - inflight * self.yield_estimate
+        return max(0, math.ceil(missing / max(self.yield_estimate, 0.1)))
+
+    def _issue_allowed(self) -> bool:
+        return self._prompt_deficit() > 0
 
     def _issue_prompts(self) -> None:
         for g, actor in enumerate(self.fleet.generators):
-            while (self._issue_allowed() and self.scheduler.has_unissued()
-                   and sum(r.generator == g and r.label_ref is None for r in self.requests) < _REQUESTS_PER_GENERATOR):
-                items = self.scheduler.next_items(self.cfg.generator.prompts_per_request)
+            while self.scheduler.has_unissued() and sum(
+                r.generator == g and r.label_ref is None for r in self.requests
+            ) < _REQUESTS_PER_GENERATOR:
+                n = min(self.cfg.generator.prompts_per_request, self._prompt_deficit())
+                if n == 0:
+                    return
+                items = self.scheduler.next_items(n)
                 self.requests.append(Request(g, items, actor.generate.remote(encode(items))))
 
     def _collect(self) -> None:
@@ -267,7 +291,8 @@ class Controller:
         pid = group.item.problem.id
         self.meters.on_labelled(group, result)
         pairs = [] if result.skipped else to_preference_pairs(group, result)
-        self.yield_estimate = 0.9 * self.yield_estimate + 0.1 * len(pairs)
+        self._yields.append(len(pairs))
+        self.yield_estimate = sum(self._yields) / len(self._yields)
         if result.skipped or not pairs:
             entry = self.scheduler.finish(pid)
             self._ledger(pid, entry.iteration, "skipped" if result.skipped else "no_pair", 0)
