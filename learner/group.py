@@ -89,8 +89,7 @@ class LearnerGroup:
 
     def _make_placement_group(self) -> PlacementGroup:
         c = self.cfg.cluster
-        bundle = {"CPU": c.learner_cpus, "GPU": c.learner_gpus}
-        bundle = {k: v for k, v in bundle.items() if v > 0}
+        bundle = c.learner_bundle()
         if not bundle:
             raise UserError(
                 "cluster.learner_cpus and cluster.learner_gpus are both 0: nothing to place a learner on"

@@ -254,6 +254,24 @@ class ClusterSection(Section):
     learner_cpus: float = Field(1.0, ge=0, description="CPUs reserved per learner rank.")
     labeller_cpus: float = Field(0.5, ge=0, description="CPUs reserved per labeller actor.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (None: all).")
+    generator_resources: dict[str, float] = Field(
+        default_factory=dict, description="Extra Ray resources per generator bundle, to pin generators to "
+        "nodes that offer them (e.g. {node_type_a100: 1} with `ray start --resources`)."
+    )
+    learner_resources: dict[str, float] = Field(
+        default_factory=dict, description="Extra Ray resources per learner bundle (pins learner ranks to nodes)."
+    )
+
+    def generator_bundle(self) -> dict[str, float]:
+        """The placement-group bundle of one generator (its TP group's GPUs)."""
+        return _bundle(self.generator_cpus, self.generator_gpus, self.generator_resources)
+
+    def learner_bundle(self) -> dict[str, float]:
+        return _bundle(self.learner_cpus, self.learner_gpus, self.learner_resources)
+
+
+def _bundle(cpus: float, gpus: float, extra: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in {"CPU": cpus, "GPU": gpus, **extra}.items() if v > 0}
 
 
 class PfrlConfig(Section):

@@ -164,6 +164,7 @@ class Controller:
         splits = self.scheduler.splits
         self.fleet = Fleet.start(self.cfg, self.inputs.model_path, total_steps_hint(self.cfg, len(splits[0])))
         self.gen_versions = [0] * len(self.fleet.generators)
+        (self.run_dir / "placement.json").write_text(json.dumps(self.fleet.placement(), indent=1))
         if self._resume_from is not None:
             self.fleet.learner.load_checkpoint(str(self._resume_from / "learner"), f"step{self.counters.step}")
         if self.counters.version > 0:

@@ -42,7 +42,7 @@ def _generator_placement(cfg: PfrlConfig):
     from ray.util.placement_group import placement_group
 
     c = cfg.cluster
-    bundle = {k: v for k, v in {"CPU": c.generator_cpus, "GPU": c.generator_gpus}.items() if v > 0}
+    bundle = c.generator_bundle()
     if not bundle:
         return None
     pg = placement_group([dict(bundle) for _ in range(cfg.generator.num_generators)], strategy=c.placement_strategy)
@@ -109,6 +109,25 @@ class Fleet:
             for _ in range(cfg.labeller.num_labellers)
         ]
         ray.get([lab.ping.remote() for lab in self.labellers])
+
+    def placement(self) -> dict[str, Any]:
+        """Which node holds each generator and learner rank (by placement-group bundle), and what
+        each node offers: written to RUN_DIR/placement.json so a cluster layout can be checked."""
+        import ray
+        from ray.util.placement_group import placement_group_table
+
+        def nodes_of(pg, count: int) -> list[str | None]:
+            if pg is None:
+                return [None] * count
+            table = placement_group_table(pg)["bundles_to_node_id"]
+            return [table.get(i) for i in range(count)]
+
+        return {
+            "generators": nodes_of(self.generator_pg, len(self.generators)),
+            "learners": nodes_of(self.learner.pg, len(self.learner.actors)),
+            "nodes": {n["NodeID"]: {"ip": n["NodeManagerAddress"], "resources": n["Resources"]}
+                      for n in ray.nodes() if n["Alive"]},
+        }
 
     def shutdown(self) -> None:
         import ray
