@@ -123,6 +123,8 @@ def _build_llm(model_path: str, gen: GeneratorSection, model: ModelSection, seed
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gen.cpu_kvcache_gb)
     from vllm import LLM
 
+    from pfrl.runtime import vllm_batching_kwargs
+
     return LLM(
         model=model_path,
         dtype=_dtype(model.dtype),
@@ -130,9 +132,9 @@ def _build_llm(model_path: str, gen: GeneratorSection, model: ModelSection, seed
         max_model_len=model.max_length,
         tensor_parallel_size=gen.tensor_parallel_size,
         gpu_memory_utilization=gen.gpu_memory_utilization,
-        max_num_seqs=gen.max_num_seqs,
         enforce_eager=gen.enforce_eager,
         worker_extension_cls=WORKER_EXTENSION,
+        **vllm_batching_kwargs(gen.max_num_seqs, model.max_length),
     )
 
 

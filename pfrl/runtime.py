@@ -16,6 +16,16 @@ def has_cuda() -> bool:
         return False
 
 
+def vllm_batching_kwargs(max_num_seqs: int, max_model_len: int) -> dict:
+    """On CPU, a step budget that holds every running sequence's whole prompt. vLLM 0.32's CPU
+    sampler cannot rewind the generator of a seeded request whose prompt chunked prefill split
+    across steps ("CPU Generator does not use offset", a dead engine); with this budget no prompt
+    is ever split. On GPUs vLLM's own budget stands (activation memory matters there)."""
+    if has_cuda():
+        return {"max_num_seqs": max_num_seqs}
+    return {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max(4096, max_num_seqs * max_model_len)}
+
+
 def vllm_engine_kwargs(gpu_memory_utilization: float = 0.3, kvcache_gb: int = 1, enforce_eager: bool = True) -> dict:
     """vLLM `LLM(...)` settings for this machine. On CPU, gpu_memory_utilization is a share of host
     RAM and the KV cache is sized by VLLM_CPU_KVCACHE_SPACE (GiB), read when the engine starts."""
