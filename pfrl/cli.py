@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from pfrl.errors import UserError
@@ -40,6 +41,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # stdout carries results (`pfrl eval` prints one JSON object); vLLM logs to stdout unless told.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
