@@ -70,7 +70,8 @@ def tokenize_pair(tokenizer, pair: PreferencePair, max_length: int) -> Tokenized
     prompt = list(tokenizer(pair.prompt, add_special_tokens=True)["input_ids"])
     eos = [tokenizer.eos_token_id]
     chosen = list(tokenizer(pair.chosen, add_special_tokens=False)["input_ids"]) + eos
-    rejected = list(tokenizer(pair.rejected, add_special_tokens=False)["input_ids"]) + eos
+    rejected = list(tokenizer(pair.rejected, add_special_tokens=False)["input_ids"])
+    rejected += eos if pair.rejected_complete else []  # a cut-short rejection did not end there
     # Both sides must see the same prompt tokens, so cut the prompt once for the longer completion.
     p, _, cut = _fit(prompt, max(chosen, rejected, key=len), max_length)
     c = chosen[: max_length - len(p)]

@@ -171,6 +171,11 @@ class LabellerSection(Section):
         "rejected; margin: code score pairs (chosen_min_score, margin)."
     )
     max_pairs_per_prompt: int = Field(4, ge=1, description="Cap on pairs from one prompt.")
+    pair_focus: Literal["whole", "first_error"] = Field(
+        "whole", description="whole: pairs of full solutions (the paper's outcome DPO); first_error: shared "
+        "steps move into the prompt and the rejected side stops after its first differing step "
+        "(step-level credit, see pfrl/feedback/steps.py)."
+    )
     chosen_min_score: float = Field(0.5, ge=0, le=1, description="margin pairs: chosen pass fraction at least this.")
     margin: float = Field(0.6, ge=0, le=1, description="margin pairs: score gap at least this (the paper: 6/10 SC, 4/10 frontier).")
     verify_timeout_s: float = Field(2.0, gt=0, description="Bound on one math-verify comparison.")

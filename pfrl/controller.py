@@ -288,10 +288,13 @@ class Controller:
 
     def _account(self, group: RolloutGroup, result: LabelledGroup) -> None:
         from pfrl.feedback.pairs import to_preference_pairs
+        from pfrl.feedback.steps import focus_on_first_error
 
         pid = group.item.problem.id
         self.meters.on_labelled(group, result)
         pairs = [] if result.skipped else to_preference_pairs(group, result)
+        if self.cfg.labeller.pair_focus == "first_error":
+            pairs = [focus_on_first_error(p) for p in pairs]
         self._yields.append(len(pairs))
         self.yield_estimate = sum(self._yields) / len(self._yields)
         if result.skipped or not pairs:

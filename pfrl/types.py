@@ -86,6 +86,8 @@ class PreferencePair:
     rejected: str
     policy_version: int
     iteration: int = 0
+    # False when `rejected` was cut short on purpose (step-focused pairs): no EOS is appended to it.
+    rejected_complete: bool = True
 
 
 @dataclass(slots=True)

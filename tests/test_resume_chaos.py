@@ -37,3 +37,35 @@ def test_generator_killed_mid_run_is_restarted(boot_math, tmp_path):
     # after the restart the generator was resynced: its served version keeps following the learner
     steps = [r for r in records if "sync/version" in r]
     assert steps[-1]["sync/version"] == steps[-1]["step"]
+
+
+def test_sigterm_checkpoints_then_resume_finishes(boot_math, tmp_path):
+    """SIGTERM: finish the current step, checkpoint, stop every actor, exit 0; --resume completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pfrl.cli", "train", "--config", "configs/tiny-math.yaml"]
+    for o in short_run(boot_math, run_dir, "run.iterations=1", "metrics.eval_every_steps=null"):
+        cmd += ["--set", o]
+    log = (tmp_path / "log.txt").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 600
+    metrics = run_dir / "metrics.jsonl"
+    while not (metrics.exists() and any('"dpo/loss"' in line for line in metrics.read_text().splitlines())):
+        assert proc.poll() is None and time.time() < deadline, (tmp_path / "log.txt").read_text()[-3000:]
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=300) == 0, (tmp_path / "log.txt").read_text()[-3000:]
+    assert json.loads((run_dir / "state.json").read_text())["state"] == "stopped"
+    assert (run_dir / "checkpoints" / "LATEST").exists()
+    leftovers = subprocess.run(["ps", "-s", str(proc.pid), "-o", "args="], capture_output=True, text=True).stdout
+    assert "GeneratorActor" not in leftovers and "LearnerActor" not in leftovers
+    subprocess.run(["pkill", "-9", "-s", str(proc.pid)], check=False)  # Ray's own daemons of that session
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"dpo/loss"' in line]
+    assert steps == list(range(1, len(steps) + 1))
