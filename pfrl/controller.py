@@ -282,6 +282,8 @@ class Controller:
             return
         except ray.exceptions.RayTaskError as e:
             raise RunFailed(f"labeller {req.labeller} failed: {e.cause!r}") from None
+        if groups and groups[0].policy_version < self.gen_versions[req.generator]:
+            self._generator_restarted(req.generator)  # it died between requests and came back blank
         for group, result in zip(groups, labelled, strict=True):
             if self.scheduler.is_current(group.item):
                 self._account(group, result)
@@ -331,11 +333,21 @@ class Controller:
             ray.get(self.fleet.generators[g].health.remote(), timeout=self.cfg.learner.start_timeout_s)
         except Exception as e:
             raise RunFailed(f"generator {g} did not come back after dying: {e}") from None
-        self.gen_versions[g] = 0
+        self._resync_restarted(g)
+
+    def _generator_restarted(self, g: int) -> None:
+        """A generator answered with older weights than it was given: Ray restarted it."""
+        self.counters.generator_restarts += 1
+        console.print(f"[yellow]generator {g} was restarted by Ray; sending it the current weights")
+        self._resync_restarted(g)
+
+    def _resync_restarted(self, g: int) -> None:
+        self.gen_versions[g] = -1  # blank: gets no prompts until it has the current weights
         if self.job is not None:
             self.job.future.result()  # the learner thread owns syncs; let its step finish first
             self._reap_learner()
-        self._sync([g])
+        if self.gen_versions[g] < 0:  # the step's own sync may already have reached it
+            self._sync([g])
 
     # -- learning --------------------------------------------------------------------------
     def _trainable_now(self) -> list[PreferencePair] | None:
@@ -437,6 +449,11 @@ class Controller:
 
         problems = self.inputs.heldout[: self.cfg.metrics.eval_prompts]
         gen = self.fleet.generators[0]
+        # Never evaluate a restarted generator's base weights.
+        if self.gen_versions[0] < 0:
+            self._sync([0])
+        elif ray.get(gen.policy_version.remote()) != self.gen_versions[0]:
+            self._generator_restarted(0)
 
         def sample(prompts: list[str], n: int, temperature: float) -> list[list[str]]:
             return ray.get(gen.sample.remote(prompts, n, temperature))

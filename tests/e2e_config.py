@@ -1,4 +1,7 @@
-"""Overrides that shrink a preset to a short CI run (real vLLM, DeepSpeed, Ray on CPU)."""
+"""Overrides that shrink a preset to a short CI run (real vLLM, DeepSpeed, Ray on CPU).
+
+The `--small` bootstrap model is weak (a few % accuracy), so the run labels with the records'
+answers (mode auto) and samples 8 per prompt: enough pairs for several steps per iteration."""
 
 
 def short_run(model: str, run_dir, *extra: str) -> list[str]:
@@ -7,11 +10,12 @@ def short_run(model: str, run_dir, *extra: str) -> list[str]:
         f"run.dir={run_dir}",
         "run.iterations=2",
         "data.prompts_per_iteration=24",
-        "generator.n_samples=4",
+        "generator.n_samples=8",
         "generator.max_tokens=48",
         "generator.prompts_per_request=8",
-        "learner.pairs_per_step=8",
-        "learner.micro_batch_pairs=8",
+        "learner.pairs_per_step=4",
+        "learner.micro_batch_pairs=4",
+        "labeller.mode=auto",
         "learner.lr=1e-4",
         "checkpoint.every_steps=2",
         "metrics.eval_every_steps=4",
