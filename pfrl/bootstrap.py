@@ -36,7 +36,7 @@ class BootstrapSpec:
 
     @staticmethod
     def small() -> BootstrapSpec:
-        return BootstrapSpec(sft_problems=2000, train_problems=200, heldout_problems=64, layers=2, steps=150)
+        return BootstrapSpec(sft_problems=3000, train_problems=200, heldout_problems=64, layers=2, steps=300)
 
 
 def _generator(task: str) -> Callable[..., list[tuple[Problem, str]]]:

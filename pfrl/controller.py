@@ -58,6 +58,7 @@ class Request:
     generator: int
     items: list[PromptItem]
     gen_ref: Any
+    issued_version: int = 0  # the generator's weights when the request went out
     label_ref: Any = None
     labeller: int = -1
 
@@ -234,7 +235,7 @@ class Controller:
                 if n == 0:
                     return
                 items = self.scheduler.next_items(n)
-                self.requests.append(Request(g, items, actor.generate.remote(encode(items))))
+                self.requests.append(Request(g, items, actor.generate.remote(encode(items)), self.gen_versions[g]))
 
     def _collect(self) -> None:
         import ray
@@ -282,8 +283,9 @@ class Controller:
             return
         except ray.exceptions.RayTaskError as e:
             raise RunFailed(f"labeller {req.labeller} failed: {e.cause!r}") from None
-        if groups and groups[0].policy_version < self.gen_versions[req.generator]:
-            self._generator_restarted(req.generator)  # it died between requests and came back blank
+        if groups and groups[0].policy_version < req.issued_version:
+            # A generator's version only goes back when Ray restarted it (blank) between requests.
+            self._generator_restarted(req.generator)
         for group, result in zip(groups, labelled, strict=True):
             if self.scheduler.is_current(group.item):
                 self._account(group, result)
