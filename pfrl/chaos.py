@@ -60,8 +60,16 @@ def _steps(run_dir: Path) -> list[int]:
     return out
 
 
-def _checkpoint_in_progress(run_dir: Path) -> bool:
-    return any((run_dir / "checkpoints").glob(".tmp-step-*"))
+def _checkpoint_writes(run_dir: Path) -> set[tuple[str, int]]:
+    """Checkpoint directories being written now, by (name, inode): a killed run leaves its
+    half-written one behind, and that stale one must not count as a write of the next run."""
+    out = set()
+    for path in (run_dir / "checkpoints").glob(".tmp-step-*"):
+        try:
+            out.add((path.name, path.stat().st_ino))
+        except FileNotFoundError:
+            continue  # renamed into place between glob and stat
+    return out
 
 
 def _kill_session(proc: subprocess.Popen) -> None:
@@ -90,19 +98,22 @@ def _start(config: str, run_dir: Path, overrides: list[str], resume: bool, log) 
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
-def _fired(run_dir: Path, fault: Fault) -> bool:
-    return _checkpoint_in_progress(run_dir) if fault.during_checkpoint else len(_steps(run_dir)) >= fault.after_step
+def _fired(run_dir: Path, fault: Fault, stale: set[tuple[str, int]]) -> bool:
+    if fault.during_checkpoint:
+        return bool(_checkpoint_writes(run_dir) - stale)
+    return len(_steps(run_dir)) >= fault.after_step
 
 
 def _wait_for(proc: subprocess.Popen, run_dir: Path, fault: Fault | None, timeout_s: float) -> tuple[bool, bool]:
     """Run until the process exits or the run is killed; returns (fault injected, run killed)."""
     deadline = time.time() + timeout_s
     injected = False
+    stale = _checkpoint_writes(run_dir)
     while proc.poll() is None:
         if time.time() > deadline:
             _kill_session(proc)
             raise TimeoutError(f"pfrl train did not finish within {timeout_s:.0f}s")
-        if fault is not None and not injected and _fired(run_dir, fault):
+        if fault is not None and not injected and _fired(run_dir, fault, stale):
             injected = True
             if fault.target == "run":
                 _kill_session(proc)

@@ -162,6 +162,7 @@ class Controller:
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         start_ray(self.cfg)
+        _install_signal_handlers(self)  # after ray.init, whose driver installs its own SIGTERM handler
         splits = self.scheduler.splits
         self.fleet = Fleet.start(self.cfg, self.inputs.model_path, total_steps_hint(self.cfg, len(splits[0])))
         self.gen_versions = [0] * len(self.fleet.generators)
@@ -322,7 +323,6 @@ class Controller:
 
     def _generator_died(self, g: int, err: Exception) -> None:
         """Re-issue what the dead generator held; Ray restarts it, then it gets the current weights."""
-        import ray
 
         lost = [r for r in self.requests if r.generator == g and r.label_ref is None]
         for r in lost:
@@ -331,11 +331,24 @@ class Controller:
         self.counters.generator_restarts += 1
         console.print(f"[yellow]generator {g} died ({type(err).__name__}); {sum(len(r.items) for r in lost)} "
                       "prompts re-issued, waiting for its restart")
-        try:
-            ray.get(self.fleet.generators[g].health.remote(), timeout=self.cfg.learner.start_timeout_s)
-        except Exception as e:
-            raise RunFailed(f"generator {g} did not come back after dying: {e}") from None
+        self._wait_for_restart(g)
         self._resync_restarted(g)
+
+    def _wait_for_restart(self, g: int) -> None:
+        """Until Ray has the generator back (calls fail fast while it restarts), or give up."""
+        import ray
+
+        deadline = time.time() + self.cfg.learner.start_timeout_s
+        while True:
+            try:
+                ray.get(self.fleet.generators[g].health.remote(), timeout=max(1.0, deadline - time.time()))
+                return
+            except ray.exceptions.ActorUnavailableError:
+                if time.time() > deadline:
+                    raise RunFailed(f"generator {g} did not come back within {self.cfg.learner.start_timeout_s:.0f}s") from None
+                time.sleep(1.0)
+            except Exception as e:
+                raise RunFailed(f"generator {g} did not come back after dying: {e}") from None
 
     def _generator_restarted(self, g: int) -> None:
         """A generator answered with older weights than it was given: Ray restarted it."""
@@ -490,7 +503,6 @@ def train(cfg: PfrlConfig, resume: bool = False) -> int:
     if not resume and (Path(cfg.run.dir) / "checkpoints" / "LATEST").exists():
         raise UserError(f"run.dir={cfg.run.dir} already holds a run: pass --resume, or choose another run.dir")
     controller = Controller(cfg, inputs, resume)
-    _install_signal_handlers(controller)
     try:
         controller.write_state("starting")
         controller.start()
