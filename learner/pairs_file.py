@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pfrl.errors import UserError
-from pfrl.tasks.io import iter_jsonl
+from pfrl.tasks.io import read_records
 from pfrl.types import PreferencePair
 
 
@@ -39,22 +38,5 @@ def parse_pair(obj: Any, lineno: int) -> PreferencePair:
 
 
 def read_pairs(path: str | Path, max_bad: float) -> PairFile:
-    pairs: list[PreferencePair] = []
-    bad: list[tuple[int, str]] = []
-    for lineno, obj in iter_jsonl(path):
-        try:
-            if isinstance(obj, ValueError):
-                raise obj
-            pairs.append(parse_pair(obj, lineno))
-        except ValueError as e:
-            bad.append((lineno, str(e)))
-    total = len(pairs) + len(bad)
-    if not pairs:
-        first = f" (line {bad[0][0]}: {bad[0][1]})" if bad else ""
-        raise UserError(f"{path}: no valid pairs{first}")
-    if bad and len(bad) > max_bad * total:
-        line, why = bad[0]
-        raise UserError(
-            f"{path}: line {line}: {why} ({len(bad)} bad of {total} rows, above data.max_bad_records)"
-        )
+    pairs, bad = read_records(path, parse_pair, max_bad, "pairs", "rows", ", above data.max_bad_records")
     return PairFile(str(path), pairs, bad)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pfrl.errors import UserError
 from pfrl.types import Problem
 
-_PROBLEM_FIELDS = {"id", "prompt", "answer", "reference", "entry_point", "test_inputs", "test_outputs"}
+T = TypeVar("T")
 
 
 @dataclass
@@ -69,31 +69,43 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any | ValueError]]:
                 yield lineno, ValueError(f"invalid JSON ({e.msg})")
 
 
-def read_problems(path: str | Path, max_bad: float = 0.0) -> ProblemFile:
-    """Read a problem file. Up to `max_bad` (a share) malformed records are skipped and counted;
-    more, or an empty file, is a UserError naming the first bad line."""
-    problems: list[Problem] = []
+def read_records(
+    path: str | Path, parse: Callable[[Any, int], T], max_bad: float, noun: str, unit: str, note: str = ""
+) -> tuple[list[T], list[tuple[int, str]]]:
+    """Parse every line with `parse(obj, lineno)` (ValueError = a bad record). Up to `max_bad` (a
+    share) bad records are skipped and returned with their line numbers; more, or no good record,
+    is a UserError naming the first bad line."""
+    items: list[T] = []
     bad: list[tuple[int, str]] = []
-    seen: set[str] = set()
     for lineno, obj in iter_jsonl(path):
         try:
             if isinstance(obj, ValueError):
                 raise obj
-            problem = parse_problem(obj)
-            if problem.id in seen:
-                raise ValueError(f"duplicate id {problem.id!r}")
+            items.append(parse(obj, lineno))
         except ValueError as e:
             bad.append((lineno, str(e)))
-            continue
-        seen.add(problem.id)
-        problems.append(problem)
-    total = len(problems) + len(bad)
-    if not problems:
+    total = len(items) + len(bad)
+    if not items:
         first = f" (line {bad[0][0]}: {bad[0][1]})" if bad else ""
-        raise UserError(f"{path}: no valid problems{first}")
+        raise UserError(f"{path}: no valid {noun}{first}")
     if bad and len(bad) > max_bad * total:
         line, why = bad[0]
-        raise UserError(f"{path}: line {line}: {why} ({len(bad)} bad of {total} records)")
+        raise UserError(f"{path}: line {line}: {why} ({len(bad)} bad of {total} {unit}{note})")
+    return items, bad
+
+
+def read_problems(path: str | Path, max_bad: float = 0.0) -> ProblemFile:
+    """Read a problem file (see `read_records`); ids must be unique."""
+    seen: set[str] = set()
+
+    def parse(obj: Any, _lineno: int) -> Problem:
+        problem = parse_problem(obj)
+        if problem.id in seen:
+            raise ValueError(f"duplicate id {problem.id!r}")
+        seen.add(problem.id)
+        return problem
+
+    problems, bad = read_records(path, parse, max_bad, "problems", "records")
     return ProblemFile(str(path), problems, bad)
 
 
