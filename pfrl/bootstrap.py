@@ -2,8 +2,13 @@
 
 Steps: generate seeded problems (an SFT corpus, the RL train split and a disjoint held-out split),
 train a byte-level BPE tokenizer, then SFT a small Llama from scratch on the reference solutions
-(loss on completion tokens only). The SFT budget is deliberately small so held-out accuracy lands
-in the middle (roughly 20-80%): pseudo-feedback DPO then has room to improve it.
+(loss on completion tokens only).
+
+The SFT corpus teaches a habit that pseudo feedback can train out, the way a real SFT model inherits
+the habits of its data: a share of its solutions (`shortcut_share`, the majority) state the answer
+without working the steps. A four-layer model cannot do several operations in its head, so the habit
+is usually wrong; greedy decoding follows it, while sampling works the steps often enough for
+DPO to learn, from labels alone, that worked solutions are right more often.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pfrl.tasks.io import problem_to_dict, write_jsonl
+from pfrl.tasks.synthetic_math import MathDifficulty
 from pfrl.types import Problem
 
 
@@ -33,23 +39,30 @@ class BootstrapSpec:
     batch: int = 32
     lr: float = 3e-3
     warmup: int = 60
+    # Share of SFT solutions that skip the worked steps (see the module docstring); 0 disables.
+    shortcut_share: float = 0.6
+    # Small numbers, 2-3 operations: a four-layer model works the steps reliably (~0.7 greedy) but
+    # cannot add three numbers in its head (~0.5), so the habit costs it and feedback can tell.
+    math_difficulty: MathDifficulty = MathDifficulty(min_steps=2, max_steps=3, max_start=9, max_operand=5, allow_double=False)
 
     @staticmethod
     def small() -> BootstrapSpec:
         return BootstrapSpec(sft_problems=3000, train_problems=200, heldout_problems=64, layers=2, steps=300)
 
 
-def _generator(task: str) -> Callable[..., list[tuple[Problem, str]]]:
+def _generator(task: str, spec: BootstrapSpec) -> Callable[[int, int], list[tuple[Problem, str]]]:
     if task == "math":
         from pfrl.tasks.synthetic_math import generate
-    else:
-        from pfrl.tasks.synthetic_code import generate
+
+        return lambda n, seed: generate(n, seed, spec.math_difficulty)
+    from pfrl.tasks.synthetic_code import generate
+
     return generate
 
 
 def make_splits(task: str, seed: int, spec: BootstrapSpec):
     """SFT corpus, RL train split and held-out split, with no prompt shared across them."""
-    pool = _generator(task)(spec.sft_problems + spec.train_problems + spec.heldout_problems * 2, seed)
+    pool = _generator(task, spec)(spec.sft_problems + spec.train_problems + spec.heldout_problems * 2, seed)
     seen: set[str] = set()
     unique = []
     for problem, solution in pool:
@@ -60,6 +73,17 @@ def make_splits(task: str, seed: int, spec: BootstrapSpec):
     train = unique[spec.heldout_problems : spec.heldout_problems + spec.train_problems]
     sft = unique[spec.heldout_problems + spec.train_problems :]
     return sft, train, heldout
+
+
+def with_shortcuts(examples: list[tuple[Problem, str]], share: float, seed: int) -> list[tuple[Problem, str]]:
+    """Replace `share` of the solutions by their last sentence (the bare answer), chosen by seed."""
+    rng = random.Random(f"shortcut:{seed}")
+    out = []
+    for problem, solution in examples:
+        if rng.random() < share:
+            solution = " " + solution[solution.rindex("The answer is"):]
+        out.append((problem, solution))
+    return out
 
 
 def _encode_examples(tokenizer, examples: list[tuple[Problem, str]]):
@@ -131,6 +155,8 @@ def bootstrap(task: str, out_dir: str | Path, seed: int = 0, spec: BootstrapSpec
     out = Path(out_dir)
     torch.manual_seed(seed)
     sft_set, train, heldout = make_splits(task, seed, spec)
+    if task == "math" and spec.shortcut_share:
+        sft_set = with_shortcuts(sft_set, spec.shortcut_share, seed)
     tokenizer = build_tokenizer(p.prompt + s for p, s in sft_set)
     model = LlamaForCausalLM(tiny_config(tokenizer, hidden=spec.hidden, layers=spec.layers))
     on_step = progress or (lambda step, loss: None)

@@ -34,9 +34,6 @@ class RunSection(Section):
     max_steps: int | None = Field(
         None, ge=1, description="Stop after this many learner steps in total (None: run all iterations)."
     )
-    steps_per_iteration: int | None = Field(
-        None, ge=1, description="Learner steps per iteration (None: derived from the split size and batch size)."
-    )
     log_every: int = Field(1, ge=1, description="Console line every N steps.")
 
 
