@@ -1,6 +1,6 @@
 """Overrides that shrink a preset to a short CI run (real vLLM, DeepSpeed, Ray on CPU).
 
-The `--small` bootstrap model is weak (a few % accuracy), so the run labels with the records'
+The `--small` bootstrap model is weak, so the run labels with the records'
 answers (mode auto) and samples 8 per prompt: enough pairs for several steps per iteration."""
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pfrl.bootstrap import BootstrapSpec, bootstrap, make_splits
+from pfrl.bootstrap import BootstrapSpec, bootstrap, make_splits, with_shortcuts
 from pfrl.tasks.io import read_problems
 
 
@@ -25,6 +25,26 @@ def test_bootstrap_is_deterministic(tmp_path):
     assert len(read_problems(a / "data" / "heldout.jsonl").problems) == 10
 
 
+def test_shortcuts_keep_the_answer_and_hit_their_share():
+    sft, _, _ = make_splits("math", 0, BootstrapSpec.small())
+    mixed = with_shortcuts(sft, 0.6, seed=0)
+    bare = [s for _, s in mixed if "=" not in s]
+    assert 0.55 < len(bare) / len(mixed) < 0.65
+    for (p, worked), (q, s) in zip(sft, mixed, strict=True):
+        assert p is q and s.endswith(worked[worked.rindex("The answer is"):])
+        assert s == worked or s == " " + worked[worked.rindex("The answer is"):]
+    assert with_shortcuts(sft, 0.6, seed=0) == mixed and with_shortcuts(sft, 0.0, seed=0) == sft
+
+
+def test_bootstrap_math_problems_use_the_spec_difficulty():
+    spec = BootstrapSpec.small()
+    _, train, _ = make_splits("math", 0, spec)
+    d = spec.math_difficulty
+    for problem, solution in train:
+        assert d.min_steps <= solution.count("=") <= d.max_steps
+        assert "doubles" not in problem.prompt or d.allow_double
+
+
 def test_bootstrapped_model_learned_the_format(boot_math):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -34,7 +54,8 @@ def test_bootstrapped_model_learned_the_format(boot_math):
     ids = tok(problem.prompt, return_tensors="pt", add_special_tokens=False)
     out = model.generate(**ids, max_new_tokens=60, do_sample=False, pad_token_id=tok.pad_token_id)
     text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-    assert "=" in text and "\\boxed{" in text, text
+    # Either habit the SFT data teaches (worked steps or a bare answer), always ending boxed.
+    assert text.strip().endswith("}.") and "\\boxed{" in text, text
 
 
 @pytest.mark.slow

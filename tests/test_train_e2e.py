@@ -70,7 +70,13 @@ def test_lockstep_lag_zero(boot_math, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = [r for r in _records(run_dir) if "dpo/loss" in r]
     assert steps and all(r["buffer/policy_lag"] == 0 for r in steps)
-    assert all(r["buffer/dropped_stale"] == 0 for r in steps)
+    # Each lockstep round samples for one step; what that step does not use is stale at the next
+    # version and dropped. The controller sizes the round by the expected pair yield, so the waste
+    # stays within one step's pairs per step (sampling that overlapped training would waste whole
+    # requests of 8 prompts).
+    last = steps[-1]
+    assert last["buffer/dropped_stale"] <= len(steps) * 2
+    assert last["buffer/served"] >= 2 * last["buffer/dropped_stale"]
 
 
 def test_bad_inputs_fail_fast_with_one_line(tmp_path, boot_math):
