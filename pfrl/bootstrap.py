@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pfrl.tasks.io import problem_to_dict, write_jsonl
-from pfrl.tasks.synthetic_math import MathDifficulty
+from pfrl.tasks.synthetic_math import MathDifficulty, answer_sentence
 from pfrl.types import Problem
 
 
@@ -76,12 +76,12 @@ def make_splits(task: str, seed: int, spec: BootstrapSpec):
 
 
 def with_shortcuts(examples: list[tuple[Problem, str]], share: float, seed: int) -> list[tuple[Problem, str]]:
-    """Replace `share` of the solutions by their last sentence (the bare answer), chosen by seed."""
+    """Replace `share` of the solutions by the bare answer sentence, chosen by seed."""
     rng = random.Random(f"shortcut:{seed}")
     out = []
     for problem, solution in examples:
         if rng.random() < share:
-            solution = " " + solution[solution.rindex("The answer is"):]
+            solution = " " + answer_sentence(problem.answer)
         out.append((problem, solution))
     return out
 

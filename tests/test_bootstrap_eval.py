@@ -31,8 +31,8 @@ def test_shortcuts_keep_the_answer_and_hit_their_share():
     bare = [s for _, s in mixed if "=" not in s]
     assert 0.55 < len(bare) / len(mixed) < 0.65
     for (p, worked), (q, s) in zip(sft, mixed, strict=True):
-        assert p is q and s.endswith(worked[worked.rindex("The answer is"):])
-        assert s == worked or s == " " + worked[worked.rindex("The answer is"):]
+        bare_answer = " " + worked[worked.rindex("The answer is"):]
+        assert p is q and s.endswith(bare_answer) and s in (worked, bare_answer)
     assert with_shortcuts(sft, 0.6, seed=0) == mixed and with_shortcuts(sft, 0.0, seed=0) == sft
 
 

@@ -50,6 +50,11 @@ def _step(rng: random.Random, value: int, d: MathDifficulty) -> tuple[str, str, 
         return phrase.format(k=k), f"{value} {sym} = {new}.", new
 
 
+def answer_sentence(value: int | str) -> str:
+    """The closing sentence of every reference solution (what answer extraction reads)."""
+    return f"The answer is \\boxed{{{value}}}."
+
+
 def make_problem(rng: random.Random, index: int, d: MathDifficulty) -> tuple[Problem, str]:
     """One problem and its reference solution (the SFT target)."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
@@ -61,7 +66,7 @@ def make_problem(rng: random.Random, index: int, d: MathDifficulty) -> tuple[Pro
         sentences.append(f"Then {name} {sentence}.")
         steps.append(equation)
     question = " ".join(sentences) + f" How many {item} does {name} have now?"
-    solution = " " + " ".join(steps) + f" The answer is \\boxed{{{value}}}."
+    solution = " " + " ".join(steps + [answer_sentence(value)])
     problem = Problem(id=f"math-{index:06d}", prompt=PROMPT_TEMPLATE.format(question=question), answer=str(value))
     return problem, solution
 
