@@ -32,7 +32,7 @@ from pfrl.buffer import ReplayBuffer
 from pfrl.checkpoint import CheckpointStore
 from pfrl.config import PfrlConfig
 from pfrl.console import console
-from pfrl.errors import UserError
+from pfrl.errors import SyncError, UserError
 from pfrl.fleet import Fleet, start_ray
 from pfrl.ledger import Ledger, LedgerLine
 from pfrl.metrics import MetricsLogger
@@ -389,11 +389,17 @@ class Controller:
             future = self._executor.submit(self._learner_work, pairs, sync_due)
             self.job = LearnerJob(future, pairs, time.time())
 
-    def _learner_work(self, pairs: list[PreferencePair], sync_due: bool) -> tuple[dict, dict | None]:
-        """Runs on the learner thread: one DPO step, then (when due) publish the new weights."""
+    def _learner_work(self, pairs: list[PreferencePair], sync_due: bool) -> tuple[dict, dict | SyncError | None]:
+        """Runs on the learner thread: one DPO step, then (when due) publish the new weights.
+        A failed publish does not undo the step: it comes back as the SyncError, for
+        `_recover_sync` (most often a generator died, and the learner is fine)."""
         metrics = self.fleet.learner.train_step(pairs)
-        sync = self._sync_now(self.counters.version + 1, list(range(len(self.fleet.generators)))) if sync_due else None
-        return metrics, sync
+        if not sync_due:
+            return metrics, None
+        try:
+            return metrics, self._sync_now(self.counters.version + 1, list(range(len(self.fleet.generators))))
+        except SyncError as e:
+            return metrics, e
 
     def _sync_now(self, version: int, gens: list[int]) -> dict:
         from pfrl.transport.weights import sync_weights
@@ -405,8 +411,22 @@ class Controller:
         return stats
 
     def _sync(self, gens: list[int]) -> None:
-        stats = self._executor.submit(self._sync_now, self.counters.version, gens).result()
+        try:
+            stats = self._executor.submit(self._sync_now, self.counters.version, gens).result()
+        except SyncError as e:
+            raise RunFailed(f"weight sync of version {self.counters.version} to generators {gens} failed: {e}") from e
         self.meters.on_sync(stats)
+
+    def _recover_sync(self, err: SyncError) -> None:
+        """The step's own sync failed. Which generators took the new weights is unknown, so all
+        are blanked (no prompts go out), any that died are waited for while Ray restarts them,
+        then all get the current weights; failing again ends the run."""
+        console.print(f"[yellow]weight sync after step {self.counters.step} failed; re-syncing every generator ({err})")
+        gens = list(range(len(self.gen_versions)))  # one entry per generator
+        self.gen_versions = [-1] * len(gens)
+        for g in gens:
+            self._wait_for_restart(g)
+        self._sync(gens)
 
     def _reap_learner(self) -> None:
         if self.job is None or not self.job.future.done():
@@ -422,7 +442,9 @@ class Controller:
             entry = self.scheduler.settle_pair(pair.prompt_id, trained=True)
             if entry is not None:
                 self._ledger(pair.prompt_id, entry.iteration, "trained", entry.pairs_trained)
-        if sync is not None:
+        if isinstance(sync, SyncError):
+            self._recover_sync(sync)
+        elif sync is not None:
             self.meters.on_sync(sync)
         step = self.counters.step
         every = self.cfg.metrics.eval_every_steps

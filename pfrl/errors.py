@@ -1,5 +1,11 @@
-"""Errors a user can cause. The CLI prints their message as one line and exits 2."""
+"""Error types shared across modules. Kept free of heavy imports (torch, ray) so that the CLI and
+the controller can name them without loading those."""
 
 
 class UserError(Exception):
-    """Bad config, bad data file, missing model...: a one-line message, never a traceback."""
+    """Bad config, bad data file, missing model...: the CLI prints the message as one line and
+    exits 2, never a traceback."""
+
+
+class SyncError(RuntimeError):
+    """A weight sync failed: a peer vanished, timed out, or sent a malformed stream."""

@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pfrl.config import GeneratorSection, ModelSection, SyncSection
-from pfrl.errors import UserError
-from pfrl.transport.buckets import SyncError
+from pfrl.errors import SyncError, UserError
 from pfrl.transport.weights import ReceiverInfo, resolve_transport
 from pfrl.types import PromptItem, RolloutGroup
 

@@ -83,3 +83,66 @@ def test_max_steps_stops_training(tmp_path, lag):
     buffer_pairs(c, 4)
     c.counters.step = 1
     assert c._trainable_now() is None and c._finished()
+
+
+def _finished_job(c, result) -> LearnerJob:
+    from concurrent.futures import Future
+
+    future = Future()
+    future.set_result(result)
+    buffer_pairs(c, 4)
+    return LearnerJob(future, c.buffer.take(4, c.counters.version), started=0.0)
+
+
+def test_learner_work_hands_back_a_failed_sync_with_the_steps_metrics(tmp_path):
+    from types import SimpleNamespace
+
+    from pfrl.errors import SyncError
+
+    c = make(tmp_path)
+    c.fleet = SimpleNamespace(learner=SimpleNamespace(train_step=lambda pairs: {"learner/pairs": len(pairs)}),
+                              generators=[object(), object()])
+
+    def dead_generator(version, gens):
+        raise SyncError("generator 1 did not answer prepare_sync")
+
+    c._sync_now = dead_generator
+    metrics, sync = c._learner_work(["a", "b"], sync_due=True)
+    assert metrics == {"learner/pairs": 2} and isinstance(sync, SyncError)
+    assert c._learner_work(["a"], sync_due=False) == ({"learner/pairs": 1}, None)
+
+
+def test_failed_step_sync_keeps_the_step_and_resyncs_every_generator(tmp_path):
+    """A generator killed during the step's weight sync: the step counts, the run waits for the
+    restart, and every generator gets the new version before any prompt goes out."""
+    from pfrl.errors import SyncError
+
+    c = make(tmp_path, "buffer.max_policy_lag=1", "checkpoint.every_steps=100", "metrics.eval_every_steps=null")
+    c.gen_versions = [0, 0]
+    calls = []
+    c._wait_for_restart = lambda g: calls.append(("wait", g, list(c.gen_versions)))
+    c._sync_now = lambda version, gens: calls.append(("sync", version, gens)) or {
+        "version": version, "latency_ms": 1.0, "gbps": 1.0}
+    c.job = _finished_job(c, ({"learner/pairs": 4.0}, SyncError("generator 1 did not answer prepare_sync")))
+    c._reap_learner()
+    assert (c.counters.step, c.counters.version) == (1, 1)
+    # blanked while waiting (no prompts can go out), then synced together to the new version
+    assert calls == [("wait", 0, [-1, -1]), ("wait", 1, [-1, -1]), ("sync", 1, [0, 1])]
+    c.gen_versions = [1, 1]  # what the real _sync_now records
+    assert c._issue_allowed()
+
+
+def test_sync_failing_again_after_recovery_ends_the_run(tmp_path):
+    from pfrl.controller import RunFailed
+    from pfrl.errors import SyncError
+
+    c = make(tmp_path, "checkpoint.every_steps=100", "metrics.eval_every_steps=null")
+    c._wait_for_restart = lambda g: None
+
+    def broken(version, gens):
+        raise SyncError("receiver timed out")
+
+    c._sync_now = broken
+    c.job = _finished_job(c, ({"learner/pairs": 4.0}, SyncError("receiver timed out")))
+    with pytest.raises(RunFailed, match="weight sync of version 1 to generators \\[0\\] failed"):
+        c._reap_learner()

@@ -125,7 +125,10 @@ def test_stream_yields_groups_of_n_samples_from_version_0(cluster):
         assert g.completion_tokens == sum(len(ids) for ids in g.token_ids)
         assert g.prompt_tokens > 5 and g.policy_version == 0 and g.generator_id == 0
         assert set(g.finish_reasons) <= {"stop", "length"}
-    health = ray.get(gen.health.remote())
+    # The stream counts a group once its send returns, which can be just after it arrives here.
+    deadline = time.time() + 10
+    while (health := ray.get(gen.health.remote()))["stream"]["groups"] < 5 and time.time() < deadline:
+        time.sleep(0.1)
     assert health["stream"]["groups"] == 5 and not health["stream"]["stalled"]
 
 

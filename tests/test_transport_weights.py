@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from pfrl.config import SyncSection
+from pfrl.errors import SyncError
 from pfrl.transport import collective
 from pfrl.transport.buckets import (
     ALIGN,
     ModuleWeights,
     Received,
-    SyncError,
     describe,
     pack,
     split_buckets,
@@ -245,3 +245,21 @@ def test_resolve_transport_and_follower_spec():
 
     stats = send_weights(SenderSpec("none", 64, 1.0), 2, buckets())
     assert walked == [0, 1, 2] and stats.buckets == 3 and stats.bytes == 0
+
+
+def test_a_generator_that_cannot_answer_prepare_sync_is_a_sync_error_not_a_collective_fallback():
+    """A dead generator (Ray raises on the call) surfaces as SyncError, which the controller
+    recovers from; it is no evidence against the collective, so `auto` keeps it."""
+    from types import SimpleNamespace
+
+    from pfrl.transport.weights import sync_weights
+
+    def unavailable(_transport):
+        raise RuntimeError("The actor is temporarily unavailable: RpcError")
+
+    dead = SimpleNamespace(prepare_sync=SimpleNamespace(remote=unavailable))
+    state = WeightSync()
+    state.last_transport = "collective"  # the previous sync used it
+    with pytest.raises(SyncError, match="did not answer prepare_sync.*temporarily unavailable"):
+        sync_weights(object(), [dead], 3, SyncSection(transport="auto"), state=state)
+    assert not state.zmq_fallback

@@ -20,16 +20,13 @@ from dataclasses import dataclass
 
 import torch
 
+from pfrl.errors import SyncError
 from pfrl.types import TensorMeta, WeightsMeta
 
 Named = list[tuple[str, torch.Tensor]]
 
 # 64-byte offsets: every dtype's alignment, and cache-line friendly for the copies into place.
 ALIGN = 64
-
-
-class SyncError(RuntimeError):
-    """A weight sync failed: a peer vanished, timed out, or sent a malformed stream."""
 
 
 @dataclass(slots=True)

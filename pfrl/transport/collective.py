@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
+from pfrl.errors import SyncError
 from pfrl.transport.buckets import (
     Named,
     Received,
-    SyncError,
     check_order,
     describe,
     end_marker,

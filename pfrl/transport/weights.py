@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pfrl.config import SyncSection
-from pfrl.transport.buckets import Named, SyncError
+from pfrl.errors import SyncError
+from pfrl.transport.buckets import Named
 from pfrl.transport.collective import GroupSpec
 
 log = logging.getLogger(__name__)
@@ -212,10 +213,12 @@ def _run_once(
     import ray
 
     start = time.perf_counter()
-    infos = [
-        ReceiverInfo.from_dict(d)
-        for d in ray.get([g.prepare_sync.remote(cfg.transport) for g in gens], timeout=cfg.timeout_s)
-    ]
+    state.last_transport = None  # set by `plan`: a failure before it is no reason to leave the collective
+    try:
+        answers = ray.get([g.prepare_sync.remote(cfg.transport) for g in gens], timeout=cfg.timeout_s)
+    except Exception as e:  # a generator died or hangs: the caller decides whether the run survives
+        raise SyncError(f"weight sync of version {version}: a generator did not answer prepare_sync: {e}") from e
+    infos = [ReceiverInfo.from_dict(d) for d in answers]
     sender, receivers = state.plan(infos, cfg)
     pub = learner.publish_weights.remote(version, sender.to_dict())
     follow = SenderSpec("none", sender.bucket_bytes, cfg.timeout_s).to_dict()

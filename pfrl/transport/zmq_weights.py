@@ -19,10 +19,10 @@ from collections.abc import Iterable, Iterator
 import torch
 import zmq
 
+from pfrl.errors import SyncError
 from pfrl.transport.buckets import (
     Named,
     Received,
-    SyncError,
     as_bytes,
     check_order,
     describe,
