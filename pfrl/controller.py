@@ -479,7 +479,20 @@ class Controller:
 
     # -- evaluation ------------------------------------------------------------------------
     def _evaluate(self, step: int) -> dict[str, float]:
-        """Greedy held-out accuracy under the generators' current weights (generator 0)."""
+        """Greedy held-out accuracy under the generators' current weights (generator 0). A
+        generator 0 that dies meanwhile is handled like any dead generator, then asked again."""
+        import ray
+
+        try:
+            return self._evaluate_once(step)
+        except ray.exceptions.RayActorError as e:
+            self._generator_died(0, e)
+        try:
+            return self._evaluate_once(step)
+        except ray.exceptions.RayActorError as e:
+            raise RunFailed(f"generator 0 died twice during the evaluation at step {step}: {e}") from None
+
+    def _evaluate_once(self, step: int) -> dict[str, float]:
         import ray
 
         from pfrl.evaluation import Scorer, evaluate

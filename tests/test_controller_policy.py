@@ -146,3 +146,25 @@ def test_sync_failing_again_after_recovery_ends_the_run(tmp_path):
     c.job = _finished_job(c, ({"learner/pairs": 4.0}, SyncError("receiver timed out")))
     with pytest.raises(RunFailed, match="weight sync of version 1 to generators \\[0\\] failed"):
         c._reap_learner()
+
+
+def test_evaluation_survives_generator_0_dying_once_but_not_twice(tmp_path):
+    from ray.exceptions import ActorDiedError
+
+    from pfrl.controller import RunFailed
+
+    c = make(tmp_path)
+    died, outcomes = [], [ActorDiedError(), {"eval/accuracy": 0.5}]
+
+    def evaluate_once(step):
+        out = outcomes.pop(0)
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    c._evaluate_once = evaluate_once
+    c._generator_died = lambda g, err: died.append(g)
+    assert c._evaluate(4) == {"eval/accuracy": 0.5} and died == [0]
+    outcomes[:] = [ActorDiedError(), ActorDiedError()]
+    with pytest.raises(RunFailed, match="died twice during the evaluation at step 4"):
+        c._evaluate(4)
