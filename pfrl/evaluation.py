@@ -86,10 +86,10 @@ def vllm_sampler(model_path: str, max_tokens: int, max_model_len: int, seed: int
     """A standalone vLLM engine as a Sampler (used by `pfrl eval`)."""
     from vllm import LLM, SamplingParams
 
-    from pfrl.runtime import vllm_batching_kwargs, vllm_engine_kwargs
+    from pfrl.runtime import vllm_batching_kwargs, vllm_engine_kwargs, vllm_process_kwargs
 
     llm = LLM(model=model_path, seed=seed, max_model_len=max_model_len, **vllm_engine_kwargs(),
-              **vllm_batching_kwargs(64, max_model_len))
+              **vllm_batching_kwargs(64, max_model_len), **vllm_process_kwargs(1))
 
     def sample(prompts: list[str], n: int, temperature: float) -> list[list[str]]:
         params = SamplingParams(n=n, temperature=temperature, top_p=1.0, max_tokens=max_tokens, seed=seed)

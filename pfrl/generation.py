@@ -122,7 +122,7 @@ def _build_llm(model_path: str, gen: GeneratorSection, model: ModelSection, seed
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gen.cpu_kvcache_gb)
     from vllm import LLM
 
-    from pfrl.runtime import vllm_batching_kwargs
+    from pfrl.runtime import vllm_batching_kwargs, vllm_process_kwargs
 
     return LLM(
         model=model_path,
@@ -134,6 +134,7 @@ def _build_llm(model_path: str, gen: GeneratorSection, model: ModelSection, seed
         enforce_eager=gen.enforce_eager,
         worker_extension_cls=WORKER_EXTENSION,
         **vllm_batching_kwargs(gen.max_num_seqs, model.max_length),
+        **vllm_process_kwargs(gen.tensor_parallel_size, gen.engine_in_process),
     )
 
 

@@ -46,7 +46,9 @@ def two_node_cluster():
 def test_run_across_two_nodes(boot_math, tmp_path, two_node_cluster):
     address, env = two_node_cluster
     run_dir = tmp_path / "run"
+    # The engine in vLLM's own processes, as a tensor-parallel engine on a cluster runs it.
     overrides = short_run(boot_math, run_dir, "run.iterations=1", "metrics.eval_every_steps=null",
+                          "generator.engine_in_process=false",
                           "cluster.generator_resources={node_a: 1}", "cluster.learner_resources={node_b: 1}")
     cmd = [sys.executable, "-m", "pfrl.cli", "train", "--config", "configs/tiny-math.yaml",
            "--ray-address", address]
