@@ -25,8 +25,12 @@ $(STAMP): pyproject.toml
 	command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap) || echo "note: bubblewrap not installed; the sandbox falls back to weaker isolation"; }
 	touch $(STAMP)
 
+# A new run directory per demo: `pfrl train` refuses to write over a finished run, and a second
+# `make demo` should simply run again. Resume one: pfrl train --config CONFIG --set run.dir=DIR --resume
+RUN_DIR ?= runs/$(basename $(notdir $(CONFIG)))-$(shell date +%Y%m%d-%H%M%S)
+
 demo: $(STAMP)
-	$(VENV)/bin/pfrl train --config $(CONFIG)
+	$(VENV)/bin/pfrl train --config $(CONFIG) --set run.dir=$(RUN_DIR)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
