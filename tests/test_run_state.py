@@ -132,3 +132,22 @@ def test_rate_meter_window():
     assert meter.rate(now=10.0) == pytest.approx(20.0)
     assert meter.rate(now=14.0) == pytest.approx(100 / 9)  # the first event left the window
     assert meter.rate(now=16.0) == 0.0
+
+
+def test_status_reads_step_figures_past_the_final_eval_line(tmp_path):
+    """The run's last line is often the closing evaluation, which has no throughput or buffer
+    figures: status must take those from the step lines, not report None or average in zeros."""
+    from pfrl.commands.status import summarize
+
+    def step(n, tps, stale):
+        return {"step": n, "iteration": 0, "policy_version": n, "time": 100.0 + n, "learner/step_s": 1.0,
+                "gen/tokens_per_s": tps, "buffer/policy_lag": 1, "buffer/dropped_stale": stale}
+
+    lines = [{"step": 0, "eval/accuracy": 0.5, "time": 99.0}, step(1, 1000.0, 0), step(2, 2000.0, 3),
+             {"step": 2, "iteration": 0, "policy_version": 2, "eval/accuracy": 0.7, "time": 103.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = summarize(tmp_path, recent=10)
+    assert (summary["step"], summary["policy_lag"], summary["dropped_stale"]) == (2, 1, 3)
+    assert summary["recent"]["gen/tokens_per_s"] == 1500.0 and "sync/ms" not in summary["recent"]
+    assert summary["first_eval"] == {"step": 0, "accuracy": 0.5}
+    assert summary["last_eval"] == {"step": 2, "accuracy": 0.7}

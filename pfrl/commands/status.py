@@ -23,8 +23,11 @@ def summarize(run_dir: Path, recent: int) -> dict:
     from pfrl.metrics import read_metrics
 
     records = read_metrics(run_dir)
-    last = records[-1] if records else {}
-    window = records[-recent:]
+    # Evaluations at the run's start and end write lines of their own, without the step's
+    # throughput and buffer figures: those come from the learner-step lines only.
+    steps = [r for r in records if "learner/step_s" in r]
+    last, last_step = (records[-1] if records else {}), (steps[-1] if steps else {})
+    window = steps[-recent:]
     evals = [r for r in records if "eval/accuracy" in r]
     latest = CheckpointStore(run_dir, keep_last=1).latest()
     state_file = run_dir / "state.json"
@@ -36,13 +39,23 @@ def summarize(run_dir: Path, recent: int) -> dict:
         "iteration": last.get("iteration", 0),
         "policy_version": last.get("policy_version", 0),
         "seconds_since_last_step": round(time.time() - last["time"], 1) if last else None,
-        "recent": {k: sum(r.get(k, 0.0) for r in window) / len(window) for k in RECENT_KEYS} if window else {},
-        "policy_lag": last.get("buffer/policy_lag"),
-        "dropped_stale": last.get("buffer/dropped_stale"),
+        "recent": _means(window, RECENT_KEYS),
+        "policy_lag": last_step.get("buffer/policy_lag"),
+        "dropped_stale": last_step.get("buffer/dropped_stale"),
         "first_eval": {"step": evals[0]["step"], "accuracy": evals[0]["eval/accuracy"]} if evals else None,
         "last_eval": {"step": evals[-1]["step"], "accuracy": evals[-1]["eval/accuracy"]} if evals else None,
         "latest_checkpoint": latest.name if latest else None,
     }
+
+
+def _means(records: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
+    """Each key's mean over the records that carry it (sync/ms is only there on sync steps)."""
+    out = {}
+    for key in keys:
+        values = [r[key] for r in records if key in r]
+        if values:
+            out[key] = sum(values) / len(values)
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
