@@ -106,6 +106,7 @@ class Controller:
         self.requests: list[Request] = []
         self.job: LearnerJob | None = None
         self.gen_versions: list[int] = []
+        self.gen_instances: list[str | None] = []  # which actor instance each generator was last seen as
         self.yield_estimate = 1.0  # pairs per labelled prompt, over the recent groups
         self._yields: deque[int] = deque(maxlen=_YIELD_WINDOW)
         self.stop_requested = False
@@ -166,6 +167,7 @@ class Controller:
         splits = self.scheduler.splits
         self.fleet = Fleet.start(self.cfg, self.inputs.model_path, total_steps_hint(self.cfg, len(splits[0])))
         self.gen_versions = [0] * len(self.fleet.generators)
+        self.gen_instances = list(self.fleet.generator_instances)
         (self.run_dir / "placement.json").write_text(json.dumps(self.fleet.placement(), indent=1))
         if self._resume_from is not None:
             self.fleet.learner.load_checkpoint(str(self._resume_from / "learner"), f"step{self.counters.step}")
@@ -322,27 +324,40 @@ class Controller:
         self.meters.settled += 1
 
     def _generator_died(self, g: int, err: Exception) -> None:
-        """Re-issue what the dead generator held; Ray restarts it, then it gets the current weights."""
+        """Re-issue what the dead generator held; Ray restarts it, then it gets the current weights
+        (unless a failed step sync already found the restart and re-synced it)."""
 
         lost = [r for r in self.requests if r.generator == g and r.label_ref is None]
         for r in lost:
             self.requests.remove(r)
             self.scheduler.reissue([it.problem.id for it in r.items])
-        self.counters.generator_restarts += 1
         console.print(f"[yellow]generator {g} died ({type(err).__name__}); {sum(len(r.items) for r in lost)} "
                       "prompts re-issued, waiting for its restart")
-        self._wait_for_restart(g)
-        self._resync_restarted(g)
+        self._resync_if_behind(g, self._wait_for_restart(g))
 
-    def _wait_for_restart(self, g: int) -> None:
-        """Until Ray has the generator back (calls fail fast while it restarts), or give up."""
+    def _note_instance(self, g: int, instance_id: str) -> bool:
+        """Record the instance generator g answered as; a new one means Ray restarted it, which is
+        counted here, once, whichever path (dead request, failed sync, plain sync) noticed it first."""
+        known = self.gen_instances[g]
+        self.gen_instances[g] = instance_id
+        if known is None or known == instance_id:
+            return False
+        self.counters.generator_restarts += 1
+        return True
+
+    def _resync_if_behind(self, g: int, health: dict) -> None:
+        restarted = self._note_instance(g, health["instance_id"])
+        if restarted or health["version"] != self.gen_versions[g]:
+            self._resync_restarted(g)
+
+    def _wait_for_restart(self, g: int) -> dict:
+        """Until Ray has the generator back (calls fail fast while it restarts), or give up; returns its health."""
         import ray
 
         deadline = time.time() + self.cfg.learner.start_timeout_s
         while True:
             try:
-                ray.get(self.fleet.generators[g].health.remote(), timeout=max(1.0, deadline - time.time()))
-                return
+                return ray.get(self.fleet.generators[g].health.remote(), timeout=max(1.0, deadline - time.time()))
             except ray.exceptions.ActorUnavailableError:
                 if time.time() > deadline:
                     raise RunFailed(f"generator {g} did not come back within {self.cfg.learner.start_timeout_s:.0f}s") from None
@@ -352,9 +367,10 @@ class Controller:
 
     def _generator_restarted(self, g: int) -> None:
         """A generator answered with older weights than it was given: Ray restarted it."""
-        self.counters.generator_restarts += 1
+        import ray
+
         console.print(f"[yellow]generator {g} was restarted by Ray; sending it the current weights")
-        self._resync_restarted(g)
+        self._resync_if_behind(g, ray.get(self.fleet.generators[g].health.remote()))
 
     def _resync_restarted(self, g: int) -> None:
         self.gen_versions[g] = -1  # blank: gets no prompts until it has the current weights
@@ -415,6 +431,12 @@ class Controller:
             stats = self._executor.submit(self._sync_now, self.counters.version, gens).result()
         except SyncError as e:
             raise RunFailed(f"weight sync of version {self.counters.version} to generators {gens} failed: {e}") from e
+        self._on_synced(gens, stats)
+
+    def _on_synced(self, gens: list[int], stats: dict) -> None:
+        # A generator that Ray restarted while idle took these weights without anyone noticing it had died.
+        for g, instance in zip(gens, stats["instances"], strict=True):
+            self._note_instance(g, instance)
         self.meters.on_sync(stats)
 
     def _recover_sync(self, err: SyncError) -> None:
@@ -425,7 +447,7 @@ class Controller:
         gens = list(range(len(self.gen_versions)))  # one entry per generator
         self.gen_versions = [-1] * len(gens)
         for g in gens:
-            self._wait_for_restart(g)
+            self._note_instance(g, self._wait_for_restart(g)["instance_id"])
         self._sync(gens)
 
     def _reap_learner(self) -> None:
@@ -445,7 +467,7 @@ class Controller:
         if isinstance(sync, SyncError):
             self._recover_sync(sync)
         elif sync is not None:
-            self.meters.on_sync(sync)
+            self._on_synced(list(range(len(self.fleet.generators))), sync)
         step = self.counters.step
         every = self.cfg.metrics.eval_every_steps
         evaluation = self._evaluate(step) if every and step % every == 0 else {}

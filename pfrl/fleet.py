@@ -59,6 +59,7 @@ class Fleet:
     labellers: list[Any] = field(default_factory=list)
     learner: Any = None
     generator_pg: Any = None
+    generator_instances: list[str] = field(default_factory=list)  # each generator's instance at start
 
     @classmethod
     def start(cls, cfg: PfrlConfig, model_path: str, total_steps: int) -> Fleet:
@@ -95,7 +96,8 @@ class Fleet:
                 num_cpus=cfg.cluster.generator_cpus, num_gpus=cfg.cluster.generator_gpus, **opts,
             ))
         # Engine start-up is the slow part (tens of seconds on CPU): wait for all at once.
-        ray.get([g.health.remote() for g in self.generators])
+        healths = ray.get([g.health.remote() for g in self.generators])
+        self.generator_instances = [h["instance_id"] for h in healths]
 
     def _start_labellers(self, cfg: PfrlConfig) -> None:
         import ray

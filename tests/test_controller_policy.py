@@ -15,7 +15,7 @@ def make(tmp_path, *overrides):
                                                 "metrics.tensorboard=false", *overrides])
     problems = [Problem(id=f"p{i}", prompt=f"q{i}", answer="1") for i in range(8)]
     c = Controller(cfg, RunInputs("unused", problems, [], 0), resume=False)
-    c.gen_versions = [0]
+    c.gen_versions, c.gen_instances = [0], ["g0-a"]
     return c
 
 
@@ -118,18 +118,60 @@ def test_failed_step_sync_keeps_the_step_and_resyncs_every_generator(tmp_path):
     from pfrl.errors import SyncError
 
     c = make(tmp_path, "buffer.max_policy_lag=1", "checkpoint.every_steps=100", "metrics.eval_every_steps=null")
-    c.gen_versions = [0, 0]
+    c.gen_versions, c.gen_instances = [0, 0], ["g0-a", "g1-a"]
+    instances = ["g0-a", "g1-b"]  # generator 1 is a new instance: Ray restarted it
     calls = []
-    c._wait_for_restart = lambda g: calls.append(("wait", g, list(c.gen_versions)))
-    c._sync_now = lambda version, gens: calls.append(("sync", version, gens)) or {
-        "version": version, "latency_ms": 1.0, "gbps": 1.0}
+
+    def wait(g):
+        calls.append(("wait", g, list(c.gen_versions)))
+        return {"instance_id": instances[g], "version": 0}
+
+    def sync_now(version, gens):
+        calls.append(("sync", version, gens))
+        c.gen_versions = [version] * 2  # as the real one records
+        return {"version": version, "latency_ms": 1.0, "gbps": 1.0, "instances": instances}
+
+    c._wait_for_restart, c._sync_now = wait, sync_now
     c.job = _finished_job(c, ({"learner/pairs": 4.0}, SyncError("generator 1 did not answer prepare_sync")))
     c._reap_learner()
     assert (c.counters.step, c.counters.version) == (1, 1)
     # blanked while waiting (no prompts can go out), then synced together to the new version
     assert calls == [("wait", 0, [-1, -1]), ("wait", 1, [-1, -1]), ("sync", 1, [0, 1])]
-    c.gen_versions = [1, 1]  # what the real _sync_now records
-    assert c._issue_allowed()
+    assert c.counters.generator_restarts == 1 and c._issue_allowed()
+    # The dead instance's request fails later: its prompts go out again, but the restart is not
+    # counted twice and the generator, already on the current weights, is not synced again.
+    calls.clear()
+    c._wait_for_restart = lambda g: {"instance_id": instances[g], "version": 1}
+    c._generator_died(1, RuntimeError("actor died"))
+    assert calls == [] and c.counters.generator_restarts == 1
+
+
+def test_restart_seen_only_by_a_sync_is_counted(tmp_path):
+    """Killed while it had no request out, a generator restarts unnoticed until the next sync
+    reaches a new instance: that sync counts the restart (the new weights already reached it)."""
+    c = make(tmp_path)
+    c.gen_versions, c.gen_instances = [0, 0], ["g0-a", "g1-a"]
+    c.fleet = type("F", (), {"generators": [object(), object()]})()
+    c._sync_now = lambda version, gens: {"version": version, "latency_ms": 1.0, "gbps": 1.0,
+                                         "instances": ["g0-a", "g1-b"]}
+    c._sync([0, 1])
+    assert c.counters.generator_restarts == 1 and c.gen_instances == ["g0-a", "g1-b"]
+    c._sync([0, 1])
+    assert c.counters.generator_restarts == 1
+
+
+def test_dead_generator_is_resynced_after_its_restart(tmp_path):
+    c = make(tmp_path, "buffer.max_policy_lag=1")
+    c.counters.version, c.gen_versions = 3, [3]
+    items = c.scheduler.next_items(2)
+    c.requests = [Request(0, items, gen_ref=None, issued_version=3)]
+    synced = []
+    c._wait_for_restart = lambda g: {"instance_id": "g0-b", "version": 0}
+    c._sync = lambda gens: synced.append((gens, list(c.gen_versions)))
+    c._generator_died(0, RuntimeError("actor died"))
+    assert synced == [([0], [-1])]  # blank until it has the current weights
+    assert c.requests == [] and c.counters.generator_restarts == 1
+    assert [it.problem.id for it in c.scheduler.next_items(2)] == [it.problem.id for it in items]  # re-issued
 
 
 def test_sync_failing_again_after_recovery_ends_the_run(tmp_path):
@@ -137,7 +179,7 @@ def test_sync_failing_again_after_recovery_ends_the_run(tmp_path):
     from pfrl.errors import SyncError
 
     c = make(tmp_path, "checkpoint.every_steps=100", "metrics.eval_every_steps=null")
-    c._wait_for_restart = lambda g: None
+    c._wait_for_restart = lambda g: {"instance_id": "g0-a", "version": 0}
 
     def broken(version, gens):
         raise SyncError("receiver timed out")

@@ -244,6 +244,7 @@ def _run_once(
         "publish_s": sent["seconds"],
         "receive_s": [r["seconds"] for r in results],
         "versions": served,
+        "instances": [i.instance_id for i in infos],  # lets the controller notice restarts it was not told of
     }
 
 
