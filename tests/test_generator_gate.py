@@ -14,13 +14,25 @@ def _run(target, *args) -> threading.Thread:
     return t
 
 
+def _wait_until(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+# Threads hand over through events and the gate's own state, never through sleeps, so a loaded
+# machine cannot reorder them.
 def test_swap_waits_for_the_engine_call_in_flight():
     gate, log = SwapGate(), []
+    in_call = threading.Event()
 
     def engine_call():
         with gate.engine_call():
             log.append("call start")
-            time.sleep(0.3)
+            in_call.set()
+            _wait_until(gate.swap_waiting)  # the swap is queued behind this call...
+            time.sleep(0.05)  # ...and still has not run while the call goes on
             log.append("call end")
 
     def swap():
@@ -28,7 +40,7 @@ def test_swap_waits_for_the_engine_call_in_flight():
             log.append("swap")
 
     t1 = _run(engine_call)
-    time.sleep(0.05)
+    assert in_call.wait(5)
     t2 = _run(swap)
     t1.join(5)
     t2.join(5)
@@ -37,10 +49,11 @@ def test_swap_waits_for_the_engine_call_in_flight():
 
 def test_a_waiting_swap_goes_before_the_next_engine_call():
     gate, log = SwapGate(), []
-    release = threading.Event()
+    in_call, release = threading.Event(), threading.Event()
 
     def first_call():
         with gate.engine_call():
+            in_call.set()
             release.wait(5)
 
     def swap():
@@ -52,12 +65,12 @@ def test_a_waiting_swap_goes_before_the_next_engine_call():
             log.append("call")
 
     t1 = _run(first_call)
-    time.sleep(0.05)
+    assert in_call.wait(5)
     t2 = _run(swap)
-    time.sleep(0.05)
-    assert gate.swap_waiting()
+    _wait_until(gate.swap_waiting)
     t3 = _run(second_call)
-    time.sleep(0.05)
+    time.sleep(0.05)  # give the second call time to queue (if it has not, the order holds anyway)
+    assert log == []
     release.set()
     for t in (t1, t2, t3):
         t.join(5)
@@ -66,12 +79,13 @@ def test_a_waiting_swap_goes_before_the_next_engine_call():
 
 def test_yield_to_swaps_lets_the_swap_run_inside_an_engine_call():
     gate, log = SwapGate(), []
+    in_call = threading.Event()
 
     def engine_call():
         with gate.engine_call():
             log.append("step 1")
-            while not gate.swap_waiting():
-                time.sleep(0.01)
+            in_call.set()
+            _wait_until(gate.swap_waiting)
             gate.yield_to_swaps()  # what pause mode does at a step boundary
             log.append("step 2")
 
@@ -80,7 +94,7 @@ def test_yield_to_swaps_lets_the_swap_run_inside_an_engine_call():
             log.append("swap")
 
     t1 = _run(engine_call)
-    time.sleep(0.05)
+    assert in_call.wait(5)
     t2 = _run(swap)
     t1.join(5)
     t2.join(5)
