@@ -85,7 +85,7 @@ def test_infinite_loops_time_out(sandbox):
     for program in ("while True:\n    pass\n", "import time\ntime.sleep(1000)\n"):
         result = sandbox.run_program(program, [""], None)[0]
         assert result.status is TestStatus.TIMEOUT
-        assert result.elapsed_s < CFG.timeout_s + 1.0
+        assert result.elapsed_s < CFG.timeout_s + 3.0  # cut off at the bound, not at the program's end
 
 
 @pytest.mark.timeout(60)
