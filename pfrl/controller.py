@@ -367,10 +367,8 @@ class Controller:
 
     def _generator_restarted(self, g: int) -> None:
         """A generator answered with older weights than it was given: Ray restarted it."""
-        import ray
-
         console.print(f"[yellow]generator {g} was restarted by Ray; sending it the current weights")
-        self._resync_if_behind(g, ray.get(self.fleet.generators[g].health.remote()))
+        self._resync_if_behind(g, self._wait_for_restart(g))
 
     def _resync_restarted(self, g: int) -> None:
         self.gen_versions[g] = -1  # blank: gets no prompts until it has the current weights

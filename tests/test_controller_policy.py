@@ -210,3 +210,18 @@ def test_evaluation_survives_generator_0_dying_once_but_not_twice(tmp_path):
     outcomes[:] = [ActorDiedError(), ActorDiedError()]
     with pytest.raises(RunFailed, match="died twice during the evaluation at step 4"):
         c._evaluate(4)
+
+
+def test_older_weights_in_a_result_mean_a_restart_counted_once_and_resynced(tmp_path):
+    c = make(tmp_path)
+    c.counters.version, c.gen_versions = 3, [3]
+    synced = []
+    c._sync = lambda gens: synced.append(gens)
+    c._wait_for_restart = lambda g: {"instance_id": "g0-b", "version": 0}
+    c._generator_restarted(0)
+    assert synced == [[0]] and c.counters.generator_restarts == 1
+    # a second old result from the same restart: the instance is known and, once synced, current
+    c.gen_versions = [3]
+    c._wait_for_restart = lambda g: {"instance_id": "g0-b", "version": 3}
+    c._generator_restarted(0)
+    assert synced == [[0]] and c.counters.generator_restarts == 1
