@@ -15,25 +15,11 @@ import textwrap
 
 import pytest
 import torch
+from learner_util import make_engine, weights
 
 from pfrl.bench.learner import synthetic_pairs
-from pfrl.config import LearnerSection, ModelSection
 
 pytestmark = pytest.mark.slow
-
-
-def make_engine(model: str, **overrides):
-    from learner.engine import DPOEngine
-
-    cfg = LearnerSection(**{"lr": 1e-3, "warmup_steps": 1, "micro_batch_pairs": 4, **overrides})
-    return DPOEngine(model, cfg, ModelSection(max_length=256), seed=0, total_steps=12)
-
-
-def weights(engine) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for bucket in engine.named_weight_buckets(1 << 20):
-        out.update(bucket)
-    return out
 
 
 def hf_margin(model_dir: str, pairs) -> float:
