@@ -445,8 +445,8 @@ class Controller:
         gens = list(range(len(self.gen_versions)))  # one entry per generator
         self.gen_versions = [-1] * len(gens)
         for g in gens:
-            self._note_instance(g, self._wait_for_restart(g)["instance_id"])
-        self._sync(gens)
+            self._wait_for_restart(g)
+        self._sync(gens)  # its prepare_sync answers name each instance: _on_synced counts the restarts
 
     def _reap_learner(self) -> None:
         if self.job is None or not self.job.future.done():
