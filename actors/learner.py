@@ -106,9 +106,6 @@ class LearnerActor:
         self.engine.load_checkpoint(ckpt_dir, tag)
         return self.engine.state()
 
-    def state(self) -> dict[str, float]:
-        return self.engine.state()
-
     def _publishing_engine(self):
         needs_followers = self.engine.cfg.zero_stage == 3 and self.peers
         return _FollowedEngine(self.engine, self.peers) if needs_followers else self.engine

@@ -74,7 +74,7 @@ class Fleet:
         return fleet
 
     def _start_learner(self, cfg: PfrlConfig, model_path: str, total_steps: int) -> None:
-        from learner.group import LearnerGroup
+        from pfrl.learner_group import LearnerGroup
 
         console.print(f"starting {cfg.learner.num_learners} learner rank(s) (DeepSpeed ZeRO-{cfg.learner.zero_stage})")
         self.learner = LearnerGroup(cfg, model_path, cfg.run.seed, total_steps)

@@ -64,7 +64,7 @@ def baseline(tiny_math_model, pairs):
 
 
 def start_group(model: str, overrides: list[str]):
-    from learner.group import LearnerGroup
+    from pfrl.learner_group import LearnerGroup
 
     cfg = load_config(None, [*COMMON, "learner.num_learners=2", "cluster.learner_cpus=0.5", *overrides])
     return LearnerGroup(cfg, model, seed=0, total_steps=12)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from learner.group import local_ranks, merge_metrics
+from pfrl.learner_group import local_ranks, merge_metrics
 
 
 def _m(pairs: float, loss: float, acc: float, tokens: float, step_s: float, lr: float) -> dict[str, float]:

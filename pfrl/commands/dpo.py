@@ -65,7 +65,7 @@ def open_learner(cfg, model_path: str, total_steps: int) -> Iterator:
         return
     import ray
 
-    from learner.group import LearnerGroup
+    from pfrl.learner_group import LearnerGroup
 
     if cfg.cluster.ray_address is not None:
         ray.init(address=cfg.cluster.ray_address)

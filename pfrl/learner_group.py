@@ -1,4 +1,5 @@
-"""W learner actors forming one DeepSpeed data-parallel group, driven as one learner.
+"""Driver side of the learner: W learner actors forming one DeepSpeed data-parallel group, driven
+as one learner (it lives beside `pfrl.fleet`, since it places and calls Ray actors).
 
 Start-up: each rank is placed on its own placement-group bundle (across nodes when the strategy
 spreads them), rank 0 picks the rendezvous address (its node IP and a free port), and all ranks then
@@ -145,9 +146,6 @@ class LearnerGroup:
 
     def load_checkpoint(self, ckpt_dir: str, tag: str) -> dict[str, float]:
         return self._all("load_checkpoint", _abs(ckpt_dir), tag)[0]
-
-    def state(self) -> dict[str, float]:
-        return ray.get(self.rank0.state.remote())
 
     def shutdown(self) -> None:
         for a in self.actors:
