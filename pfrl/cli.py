@@ -17,6 +17,7 @@ from pfrl.errors import UserError
 COMMANDS: dict[str, str] = {
     "train": "Run the online loop: generate, label with pseudo feedback, train DPO, sync weights.",
     "label": "Label rollout groups with pseudo feedback and write DPO pairs (offline).",
+    "references": "Write frontier-model labels (math references; code tests and outputs) into a problem file.",
     "generate": "Sample N completions per prompt with vLLM generator actors (offline).",
     "dpo": "Offline DPO on a pairs file with the DeepSpeed learner.",
     "eval": "Greedy accuracy (and maj@K / pass@K) of a model on a problem file, through vLLM.",

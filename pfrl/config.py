@@ -141,8 +141,11 @@ class FrontierSection(Section):
         "OPENAI_API_KEY", description="Environment variable holding the API key (unset: no Authorization header)."
     )
     concurrency: int = Field(4, ge=1, description="Requests in flight at once.")
-    max_retries: int = Field(4, ge=0, description="Retries of a failed request (connection errors, 429, 5xx, bad JSON).")
-    backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles on every retry (plus jitter).")
+    max_retries: int = Field(
+        4, ge=0, description="The openai SDK's retries of a failed request (connection errors, timeouts, 408/409/429, "
+        "5xx; exponential backoff from 0.5 s, or the server's Retry-After up to 2 min), and pfrl's re-asks of a reply "
+        "that is empty or not the JSON asked for."
+    )
     timeout_s: float = Field(120.0, gt=0, description="Timeout of one HTTP request.")
     cache_dir: str | None = Field(
         ".pfrl-cache/frontier", description="On-disk cache of replies keyed by the full request (None: no cache)."
@@ -159,30 +162,133 @@ class FrontierSection(Section):
     )
 
 
+Source = Literal["auto", "self_consistency", "reference", "ground_truth"]
+PairStrategy = Literal["one_random", "all_chosen", "margin"]
+
+# Keys and values renamed when label sources were split three ways: an old config fails with the new name.
+_RENAMED_KEYS = {
+    "mode": "labeller.source (auto | self_consistency | reference | ground_truth)",
+    "chosen_min_score": "labeller.min_pass_ratio.<source>",
+    "min_success_frac": "labeller.min_successful_programs (a count of programs)",
+}
+
+
+class PerSourceMargin(Section):
+    """Code margin pairs: how many more test cases the chosen program must pass, per label source
+    (the paper: 6 with self-consistency labels, 4 with frontier tests; PFPO/scripts/apps/
+    pseudo_test_cases/construct_dpo_pairs.sh and 4o_pseudo_baseline.sh of microsoft/unilm)."""
+
+    self_consistency: int = Field(6, ge=1, description="Test cases, with multi-test-case self-consistency labels.")
+    reference: int = Field(4, ge=1, description="Test cases, with frontier tests (reference outputs).")
+    ground_truth: int = Field(1, ge=1, description="Test cases, with the data set's tests (1 + floor 1.0: pass-all vs fail).")
+
+
+class PerSourcePassRatio(Section):
+    """Code margin pairs: the chosen program passes at least this share of the kept test cases."""
+
+    self_consistency: float = Field(0.5, ge=0, le=1, description="Floor with self-consistency labels (the paper: 0.5).")
+    reference: float = Field(0.5, ge=0, le=1, description="Floor with frontier tests (the paper: 0.5).")
+    ground_truth: float = Field(1.0, ge=0, le=1, description="Floor with the data set's tests (1.0: pass-all only).")
+
+
+class ScheduleEntry(Section):
+    """The label source and pair rule of one iteration."""
+
+    source: Source = Field(description="Where labels come from in this iteration (see labeller.source).")
+    pair_strategy: PairStrategy = Field(description="How pairs are drawn in this iteration (see labeller.pair_strategy).")
+
+
+class LabelPlan(BaseModel):
+    """What one iteration does: `source` may still be auto (resolved per record by the labeller)."""
+
+    model_config = ConfigDict(frozen=True)
+    source: Source
+    pair_strategy: PairStrategy
+
+
 class LabellerSection(Section):
     num_labellers: int = Field(1, ge=1, description="Labeller actors.")
-    mode: Literal["auto", "reference", "self-consistency"] = Field(
-        "auto", description="auto: the record's reference when it has one, self-consistency otherwise."
+    source: Source = Field(
+        "auto", description="Where labels come from. self_consistency: the policy's own votes; reference: what a "
+        "frontier model wrote (`reference`, or `reference_test_inputs`/`reference_test_outputs`); ground_truth: the "
+        "data set's `answer` / `test_outputs` (baselines only); auto: reference when the record has a frontier "
+        "reference, self-consistency otherwise (never ground truth)."
     )
-    min_vote_share: float = Field(0.5, ge=0, le=1, description="Math SC: keep a group only if the majority share reaches this.")
-    min_success_frac: float = Field(
-        0.5, ge=0, le=1, description="Code SC: drop a test input unless this share of programs ran successfully."
-    )
-    pair_strategy: Literal["one_random", "all_chosen", "margin"] = Field(
+    pair_strategy: PairStrategy = Field(
         "one_random", description="one_random: one chosen x one rejected; all_chosen: every chosen with a random "
-        "rejected; margin: code score pairs (chosen_min_score, margin)."
+        "rejected; margin: code pairs by test-case counts (labeller.margin, labeller.min_pass_ratio)."
     )
-    max_pairs_per_prompt: int = Field(4, ge=1, description="Cap on pairs from one prompt.")
+    schedule: list[ScheduleEntry] | None = Field(
+        None, description="Per iteration: [{source, pair_strategy}, ...]; entry i applies to iteration i, the last "
+        "one to every later iteration. Set it instead of labeller.source / labeller.pair_strategy."
+    )
+    min_vote_share: float = Field(
+        0.5, ge=0, le=1, description="Math self-consistency: keep a group only if the top answer's share of all "
+        "samples is strictly above this (the paper's filter)."
+    )
+    min_successful_programs: int = Field(
+        5, ge=1, description="Code self-consistency: drop a test input unless at least this many programs ran on it "
+        "and printed something (the paper: 5 of 10)."
+    )
+    margin: PerSourceMargin = Field(default_factory=PerSourceMargin)
+    min_pass_ratio: PerSourcePassRatio = Field(default_factory=PerSourcePassRatio)
+    max_pairs_per_prompt: int | None = Field(
+        4, ge=1, description="Cap on pairs from one prompt (a seeded sample); null: no cap (the paper's margin pairs)."
+    )
     pair_focus: Literal["whole", "first_error"] = Field(
         "whole", description="whole: pairs of full solutions (the paper's outcome DPO); first_error: shared "
         "steps move into the prompt and the rejected side stops after its first differing step "
         "(step-level credit, see pfrl/feedback/steps.py)."
     )
-    chosen_min_score: float = Field(0.5, ge=0, le=1, description="margin pairs: chosen pass fraction at least this.")
-    margin: float = Field(0.6, ge=0, le=1, description="margin pairs: score gap at least this (the paper: 6/10 SC, 4/10 frontier).")
+    scorer: str | None = Field(
+        None, description="Your own verifier as package.module:function, used instead of the built-in one. Math: "
+        "(completion, label) -> bool | float; code: (jobs: list[SandboxJob]) -> list[list[TestResult]]. It must be "
+        "importable wherever labellers run."
+    )
     verify_timeout_s: float = Field(2.0, gt=0, description="Bound on one math-verify comparison.")
     sandbox: SandboxSection = Field(default_factory=SandboxSection)
     frontier: FrontierSection = Field(default_factory=FrontierSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for key, new in _RENAMED_KEYS.items():
+            if key in data:
+                raise ValueError(f"labeller.{key} was replaced by {new}")
+        if isinstance(data.get("margin"), int | float):
+            raise ValueError("labeller.margin is now a count of test cases per source: labeller.margin.self_consistency ...")
+        for where in [data, *(e for e in data.get("schedule") or [] if isinstance(e, dict))]:
+            if where.get("source") == "self-consistency":
+                raise ValueError("labeller source self-consistency is now spelled self_consistency")
+        return data
+
+    @model_validator(mode="after")
+    def _one_way_to_choose(self) -> LabellerSection:
+        if self.schedule is not None:
+            if not self.schedule:
+                raise ValueError("labeller.schedule: give at least one entry (or leave it unset)")
+            defaults = LabellerSection.model_fields
+            if self.source != defaults["source"].default or self.pair_strategy != defaults["pair_strategy"].default:
+                raise ValueError("labeller.schedule sets source and pair_strategy per iteration: drop labeller.source "
+                                 "and labeller.pair_strategy")
+        if self.scorer is not None:
+            from pfrl.feedback.scorer import load_scorer
+
+            load_scorer(self.scorer)  # a bad path fails here, at config time, in one line
+        return self
+
+    def plan(self, iteration: int) -> LabelPlan:
+        """The source and pair rule of `iteration` (0-based)."""
+        if self.schedule:
+            entry = self.schedule[min(iteration, len(self.schedule) - 1)]
+            return LabelPlan(source=entry.source, pair_strategy=entry.pair_strategy)
+        return LabelPlan(source=self.source, pair_strategy=self.pair_strategy)
+
+    def plans(self) -> list[LabelPlan]:
+        """Every distinct plan a run can use (for whole-config checks)."""
+        return [self.plan(i) for i in range(len(self.schedule or [None]))]
 
 
 class LearnerSection(Section):
@@ -298,8 +404,10 @@ class PfrlConfig(Section):
     def _consistent(self) -> PfrlConfig:
         if self.learner.pairs_per_step % self.learner.num_learners:
             raise ValueError("learner.pairs_per_step must be a multiple of learner.num_learners")
-        if self.labeller.pair_strategy == "margin" and self.run.task != "code":
+        if self.run.task != "code" and any(p.pair_strategy == "margin" for p in self.labeller.plans()):
             raise ValueError("labeller.pair_strategy=margin applies to run.task=code only")
+        if self.run.task == "code" and self.labeller.min_successful_programs > self.generator.n_samples:
+            raise ValueError("labeller.min_successful_programs is above generator.n_samples: no test input could be kept")
         return self
 
     def to_yaml(self) -> str:

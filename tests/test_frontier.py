@@ -2,9 +2,10 @@
 
 Against a real vLLM OpenAI-compatible server running the tiny random model on CPU: its text is
 gibberish, so the test proves that structured output (a JSON schema sent as response_format) makes
-it return valid JSON of the requested shape. Retry, backoff, error and cache behaviour are tested
-against a scripted stdlib HTTP server; the writers end to end against a server that answers with the
-synthetic reference solutions, whose programs must then label as correct.
+it return valid JSON of the requested shape. Retry (through the openai SDK, `Retry-After` included),
+error and cache behaviour are tested against a scripted stdlib HTTP server; the writers and
+`pfrl references` end to end against a server that answers with the synthetic reference solutions,
+whose programs must then label as correct.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from pathlib import Path
 
 import pytest
 
+from pfrl import cli
 from pfrl.config import FrontierSection, LabellerSection, SandboxSection
 from pfrl.feedback import frontier
 from pfrl.feedback.labeller import Labeller
 from pfrl.tasks import synthetic_code, synthetic_math
+from pfrl.tasks.io import problem_to_dict, read_problems, write_jsonl
 from pfrl.types import PromptItem, RolloutGroup
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +108,6 @@ def test_structured_output_from_a_real_server(vllm_server, tmp_path):
         max_input_chars=120,
         max_tokens=200,
         max_retries=1,
-        backoff_s=0.1,
         concurrency=2,
     )
     client = frontier.FrontierClient(cfg)
@@ -136,12 +138,16 @@ def test_structured_output_from_a_real_server(vllm_server, tmp_path):
 
 # -- a scripted server ---------------------------------------------------------------------------------
 class Script:
-    """Replies by rule: fail the first `failures` requests with `status`, then answer via `answer`."""
+    """Replies by rule: fail the first `failures` requests with `status` and `fail_headers`, then
+    answer via `answer`. Failures ask for a 10 ms wait by default (`retry-after-ms`), so the SDK's
+    retries do not slow the tests down."""
 
-    def __init__(self, answer, failures: int = 0, status: int = 503):
+    def __init__(self, answer, failures: int = 0, status: int = 503, fail_headers: dict | None = None):
         self.answer, self.failures, self.status = answer, failures, status
+        self.fail_headers = {"retry-after-ms": "10"} if fail_headers is None else fail_headers
         self.requests: list[dict] = []
         self.auth: list[str | None] = []
+        self.arrivals: list[float] = []
 
 
 @pytest.fixture
@@ -154,8 +160,12 @@ def scripted():
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             script.requests.append(body)
             script.auth.append(self.headers.get("Authorization"))
+            script.arrivals.append(time.monotonic())
             if len(script.requests) <= script.failures:
                 self.send_response(script.status)
+                for key, value in script.fail_headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", "9")
                 self.end_headers()
                 self.wfile.write(b"try later")
                 return
@@ -180,11 +190,11 @@ def scripted():
             base_url=f"http://127.0.0.1:{server.server_port}/v1",
             model="m",
             cache_dir=None,
-            backoff_s=0.01,
             max_retries=3,
         )
         return frontier.FrontierClient(FrontierSection(**{**base, **cfg}))
 
+    start.base_url = f"http://127.0.0.1:{server.server_port}/v1"
     yield start
     server.shutdown()
 
@@ -199,6 +209,23 @@ def test_retries_with_backoff_then_succeeds(scripted, monkeypatch):
     client = scripted(script, api_key_env="PFRL_TEST_KEY")
     assert client.chat(frontier.ChatRequest([{"role": "user", "content": "hi"}])) == "hello"
     assert len(script.requests) == 3 and script.auth == ["Bearer sk-test"] * 3
+
+
+def test_retry_after_header_is_honoured(scripted):
+    # The SDK's own first backoff is at most 0.5 s: a gap of 2 s can only come from the header.
+    script = Script(hello, failures=1, status=429, fail_headers={"Retry-After": "2"})
+    client = scripted(script, max_retries=1)
+    assert client.chat(frontier.ChatRequest([{"role": "user", "content": "hi"}])) == "hello"
+    assert len(script.requests) == 2 and client.requests_sent == 2
+    assert script.arrivals[1] - script.arrivals[0] >= 1.9
+
+
+def test_without_a_key_a_placeholder_is_sent(scripted, monkeypatch):
+    monkeypatch.delenv("PFRL_UNSET_KEY", raising=False)
+    script = Script(hello)
+    client = scripted(script, api_key_env="PFRL_UNSET_KEY")
+    assert client.chat(frontier.ChatRequest([{"role": "user", "content": "hi"}])) == "hello"
+    assert script.auth == [f"Bearer {frontier.NO_KEY}"]
 
 
 def test_refusals_are_not_retried(scripted):
@@ -279,3 +306,46 @@ def test_math_references_from_solutions(scripted):
     )
     assert [p.reference for p in written] == [s for _, s in pairs]
     assert "\\boxed{ANSWER}" in script.requests[0]["messages"][0]["content"]
+
+
+def _frontier_for_code(pairs):
+    """Plays the frontier model for code: the synthetic tests' inputs when a JSON schema is asked
+    for, the synthetic solution otherwise."""
+    solve = _synthetic_answer(pairs)
+
+    def answer(body) -> str:
+        if "response_format" not in body:
+            return solve(body)
+        text = body["messages"][-1]["content"]
+        problem = next(p for p, _ in pairs if p.prompt.strip() in text)
+        return json.dumps({"test_inputs": [json.loads(i) for i in problem.test_inputs]})
+
+    return answer
+
+
+def _references_cli(scripted, tmp_path, task: str, bare, answer) -> list:
+    scripted(Script(answer))
+    data, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jsonl(data, (problem_to_dict(p) for p in bare))
+    frontier_keys = {"base_url": scripted.base_url, "model": "m", "cache_dir": "null", "max_retries": 0}
+    sets = [f"labeller.frontier.{k}={v}" for k, v in frontier_keys.items()] + ["labeller.sandbox.timeout_s=1"]
+    argv = ["references", "--task", task, "--data", str(data), "--out", str(out)]
+    assert cli.main(argv + [x for kv in sets for x in ("--set", kv)]) == 0
+    return read_problems(out).problems
+
+
+def test_references_command_writes_math_references(scripted, tmp_path):
+    pairs = synthetic_math.generate(3, seed=2)
+    bare = [p.__class__(id=p.id, prompt=p.prompt) for p, _ in pairs]
+    written = _references_cli(scripted, tmp_path, "math", bare, _synthetic_answer(pairs))
+    assert [p.reference for p in written] == [s for _, s in pairs]
+    assert all(p.answer is None for p in written)
+
+
+def test_references_command_writes_code_tests_and_outputs(scripted, tmp_path):
+    pairs = synthetic_code.generate(3, seed=4)
+    bare = [p.__class__(id=p.id, prompt=p.prompt, entry_point=p.entry_point) for p, _ in pairs]
+    written = _references_cli(scripted, tmp_path, "code", bare, _frontier_for_code(pairs))
+    assert [p.test_inputs for p in written] == [p.test_inputs for p, _ in pairs]
+    assert [p.test_outputs for p in written] == [p.test_outputs for p, _ in pairs]  # from the reference runs
+    assert all(re.search(rf"def {p.entry_point}\(", p.reference) for p in written)

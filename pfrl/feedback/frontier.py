@@ -1,16 +1,19 @@
 """Frontier-model feedback through any OpenAI-compatible chat-completions server.
 
-`FrontierClient` sends chat requests with bounded concurrency, retries transient failures with
-exponential backoff, keeps an on-disk cache keyed by the whole request (re-running a labelling job
-costs nothing), and can ask the server to enforce a JSON schema (`response_format` json_schema).
-Three writers use it, one per kind of pseudo feedback in the paper:
+`FrontierClient` sends chat requests through the `openai` SDK, which owns the HTTP side: timeouts,
+retries of connection errors, 408/409/429 and 5xx with exponential backoff, and the server's
+`Retry-After` / `retry-after-ms` headers (up to two minutes). pfrl adds what the SDK does not know
+about: bounded concurrency, an on-disk cache keyed by the whole request (re-running a labelling job
+costs nothing), and re-asking when a reply is empty or is not the JSON a schema asked for
+(`response_format` json_schema). Three writers use it, one per kind of pseudo feedback in the paper:
 
 - `write_math_references`: a full solution per math problem; its final answer becomes the label.
 - `write_test_inputs`: test inputs per code problem, as a JSON object `{"test_inputs": [...]}`.
 - `write_reference_programs`: a program per code problem; `outputs_from_reference` (or the labeller's
   reference mode) runs it in the sandbox and its outputs become the expected outputs.
 
-Prompt wording lives in `configs/prompts/` (see its README).
+`write_references` chains them per task (what `pfrl references` runs). Prompt wording lives in
+`configs/prompts/` (see its README).
 """
 
 from __future__ import annotations
@@ -20,11 +23,7 @@ import hashlib
 import json
 import logging
 import os
-import random
 import threading
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,8 @@ from pfrl.types import Problem
 
 log = logging.getLogger(__name__)
 SHIPPED_PROMPTS = Path(__file__).resolve().parents[2] / "configs" / "prompts"
-RETRY_HTTP = {408, 409, 425, 429, 500, 502, 503, 504}
+# The openai SDK requires some key; vLLM's convention for servers started without --api-key.
+NO_KEY = "EMPTY"
 
 
 class FrontierError(UserError):
@@ -50,8 +50,9 @@ class FrontierRequestFailed(RuntimeError):
     """A request still failing after every retry (server down, overloaded, or replying garbage)."""
 
 
-class _Retryable(Exception):
-    pass
+def sdk_retries(status: int) -> bool:
+    """Statuses the openai SDK retries by itself (so, once it gives up, a transient failure)."""
+    return status in (408, 409, 429) or status >= 500
 
 
 @dataclass(frozen=True)
@@ -63,14 +64,26 @@ class ChatRequest:
 
 class FrontierClient:
     def __init__(self, cfg: FrontierSection):
+        import openai
+
         if not cfg.base_url or not cfg.model:
             raise FrontierError("labeller.frontier.base_url and labeller.frontier.model must be set")
         self.cfg = cfg
-        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self.url = cfg.base_url.rstrip("/") + "/chat/completions"  # names the server in errors and cache keys
         self.cache = Path(cfg.cache_dir) if cfg.cache_dir else None
-        self.requests_sent = 0
+        self.requests_sent = 0  # HTTP attempts, the SDK's own retries included
         self.cache_hits = 0
         self._count_lock = threading.Lock()  # chat_many calls from several threads
+        self._sdk = openai.OpenAI(
+            base_url=cfg.base_url,
+            api_key=os.environ.get(cfg.api_key_env) or NO_KEY,
+            timeout=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+            http_client=openai.DefaultHttpxClient(event_hooks={"request": [self._on_send]}),
+        )
+
+    def _on_send(self, _request: Any) -> None:
+        self._count("requests_sent")
 
     def _count(self, what: str) -> None:
         with self._count_lock:
@@ -91,42 +104,39 @@ class FrontierClient:
             }
         return body
 
-    def _post(self, body: dict[str, Any]) -> str:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.cfg.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as resp:
-                reply = json.load(resp)
-        except urllib.error.HTTPError as e:
-            detail = e.read()[:300].decode("utf-8", "replace").replace("\n", " ")
-            if e.code in RETRY_HTTP:
-                raise _Retryable(f"HTTP {e.code}") from None
-            raise FrontierError(f"{self.url}: HTTP {e.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as e:
-            raise _Retryable(str(e)) from None
-        try:
-            return reply["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise _Retryable("reply without choices[0].message.content") from None
+    def _complete(self, body: dict[str, Any]) -> str | None:
+        """The reply text (None when the server sent no content); the SDK has retried already."""
+        import openai
 
-    def _post_with_retries(self, body: dict[str, Any], want_json: bool) -> str:
-        delay = self.cfg.backoff_s
-        for attempt in range(self.cfg.max_retries + 1):
-            try:
-                self._count("requests_sent")
-                content = self._post(body)
-                if want_json:
-                    json.loads(content)  # malformed JSON is worth another try
-                return content
-            except (_Retryable, json.JSONDecodeError) as e:
-                if attempt == self.cfg.max_retries:
-                    raise FrontierRequestFailed(f"gave up after {attempt + 1} attempts: {e}") from None
-                time.sleep(delay * (1 + random.random() * 0.25))
-                delay *= 2
-        raise AssertionError("unreachable")
+        try:
+            reply = self._sdk.chat.completions.create(**body)
+        except openai.APIStatusError as e:
+            if sdk_retries(e.status_code):
+                raise FrontierRequestFailed(f"{self.url}: HTTP {e.status_code} after retries") from None
+            detail = str(e.message)[:300].replace("\n", " ")
+            raise FrontierError(f"{self.url}: HTTP {e.status_code}: {detail}") from None
+        except openai.APIConnectionError as e:  # timeouts included
+            raise FrontierRequestFailed(f"{self.url}: {e}") from None
+        choices = getattr(reply, "choices", None)
+        return choices[0].message.content if choices else None
+
+    def _ask(self, body: dict[str, Any], want_json: bool) -> str:
+        """Re-ask (up to `max_retries` times) while the reply is empty or not the JSON asked for: the
+        HTTP exchange succeeded, so this is the model's doing and another sample may fix it."""
+        problem = ""
+        for _ in range(self.cfg.max_retries + 1):
+            content = self._complete(body)
+            if not content:
+                problem = "reply without content"
+                continue
+            if want_json:
+                try:
+                    json.loads(content)
+                except ValueError:
+                    problem = "reply is not valid JSON"
+                    continue
+            return content
+        raise FrontierRequestFailed(f"{self.url}: {problem} after {self.cfg.max_retries + 1} asks")
 
     # -- cache -------------------------------------------------------------------------------------
     def _cache_path(self, body: dict[str, Any]) -> Path | None:
@@ -142,10 +152,10 @@ class FrontierClient:
         if path is not None and path.is_file():
             self._count("cache_hits")
             return json.loads(path.read_text())["content"]
-        content = self._post_with_retries(body, want_json=req.schema is not None)
+        content = self._ask(body, want_json=req.schema is not None)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
             tmp.write_text(json.dumps({"content": content}))
             tmp.replace(path)  # atomic: concurrent writers of one key never leave half a file
         return content
@@ -162,6 +172,9 @@ class FrontierClient:
 
         with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
             return list(pool.map(one, requests))
+
+    def close(self) -> None:
+        self._sdk.close()
 
 
 # -- prompts -----------------------------------------------------------------------------------------
@@ -296,3 +309,17 @@ def outputs_from_reference(sandbox: Sandbox, problems: list[Problem]) -> list[Pr
         outputs = [normalize_output(o, p.entry_point is not None) for _, o in kept]
         done[p.id] = dataclasses.replace(p, test_inputs=[i for i, _ in kept], test_outputs=outputs)
     return [done.get(p.id, p) for p in problems]
+
+
+def write_references(
+    client: FrontierClient, problems: list[Problem], task: str, sandbox: Sandbox | None = None
+) -> list[Problem]:
+    """The paper's first-iteration labels for `task`: math gets a reference solution per problem;
+    code gets frontier test inputs and a reference program whose sandboxed outputs become the
+    expected outputs (a record's own tests are replaced where frontier inputs came back)."""
+    if task == "math":
+        return write_math_references(client, problems)
+    if sandbox is None:
+        raise ValueError("code references need a sandbox to run the reference programs")
+    with_programs = write_reference_programs(client, write_test_inputs(client, problems))
+    return outputs_from_reference(sandbox, with_programs)
