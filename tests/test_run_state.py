@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pfrl.checkpoint import CheckpointStore
+from pfrl.checkpoint import CheckpointStore, CheckpointWriteError
 from pfrl.config import PfrlConfig, load_config
 from pfrl.errors import UserError
 from pfrl.ledger import Ledger, LedgerLine, audit, read_ledger
@@ -95,7 +95,7 @@ def test_checkpoint_crash_mid_write_keeps_previous(tmp_path):
     def crash(_d):
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointWriteError, match="disk full"):
         store.save(2, {"step": 2}, {}, cfg, crash)
     path, controller, _ = store.load(cfg)
     assert path.name == "step-000001" and controller == {"step": 1}
