@@ -1,7 +1,9 @@
 """Preference pairs -> token ids -> padded micro-batches -> completion log-probs.
 
-The prompt is encoded the way vLLM encodes a text prompt (with the tokenizer's special tokens) and
-the completion without them, plus EOS: the sequence the policy would have produced had it stopped.
+A pair sampled by a generator carries the token ids it was sampled as (`PreferencePair.sampled`):
+those are trained on exactly. Otherwise the prompt is encoded the way the generator encodes it
+(`pfrl.prompting.prompt_ids`) and the completion without special tokens, plus EOS: the sequence the
+policy would have produced had it stopped.
 Only completion tokens are scored; prompt and padding positions are masked out. A micro-batch holds
 the chosen sequences of its pairs followed by their rejected sequences, so one forward covers both.
 """
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pfrl.prompting import prompt_ids
 from pfrl.types import PreferencePair
 
 
@@ -66,12 +69,24 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def tokenize_pair(tokenizer, pair: PreferencePair, max_length: int) -> TokenizedPair:
-    prompt = list(tokenizer(pair.prompt, add_special_tokens=True)["input_ids"])
+def _retokenize(tokenizer, pair: PreferencePair) -> tuple[list[int], list[int], list[int]]:
+    """Token ids of a pair that carries no sampled ids (a pairs file, or text edited after sampling)."""
+    prompt = prompt_ids(tokenizer, pair.prompt)
     eos = [tokenizer.eos_token_id]
     chosen = list(tokenizer(pair.chosen, add_special_tokens=False)["input_ids"]) + eos
     rejected = list(tokenizer(pair.rejected, add_special_tokens=False)["input_ids"])
     rejected += eos if pair.rejected_complete else []  # a cut-short rejection did not end there
+    return prompt, chosen, rejected
+
+
+def tokenize_pair(tokenizer, pair: PreferencePair, max_length: int) -> TokenizedPair:
+    """The pair's sampled token ids when it carries them (what the policy actually produced), else
+    its text re-tokenised."""
+    if pair.sampled is not None:
+        ids = pair.sampled
+        prompt, chosen, rejected = list(ids.prompt), list(ids.chosen), list(ids.rejected)
+    else:
+        prompt, chosen, rejected = _retokenize(tokenizer, pair)
     # Both sides must see the same prompt tokens, so cut the prompt once for the longer completion.
     p, _, cut = _fit(prompt, max(chosen, rejected, key=len), max_length)
     c = chosen[: max_length - len(p)]

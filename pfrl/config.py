@@ -50,14 +50,25 @@ class ModelSection(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 on CUDA, float32 on CPU."
     )
+    chat_template: str = Field(
+        "none", description="How prompts are rendered, once at load, for generation, training and eval alike: "
+        "none = verbatim; auto = the tokenizer's own chat template (verbatim if it has none); or a Jinja file."
+    )
+    system_prompt: str | None = Field(None, description="System turn put before every prompt (needs a chat template).")
 
 
 class DataSection(Section):
     train_file: str | None = Field(
-        None, description="JSONL problems (id, prompt, answer | entry_point/test_inputs/test_outputs). "
-        "None: MODEL/data/train.jsonl."
+        None, description="Problems (id, prompt, answer | entry_point/test_inputs/test_outputs): a .jsonl or "
+        ".parquet file, or a Hugging Face data set `hf:NAME[:CONFIG]:SPLIT`. None: MODEL/data/train.jsonl."
     )
-    heldout_file: str | None = Field(None, description="JSONL held-out problems for eval. None: MODEL/data/heldout.jsonl.")
+    heldout_file: str | None = Field(
+        None, description="Held-out problems for eval, in the same forms. None: MODEL/data/heldout.jsonl."
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="Problem field -> the data's column, e.g. {prompt: question}; unnamed "
+        "fields keep their own names. Parquet / hf: rows without an id get their row number."
+    )
     prompts_per_iteration: int | None = Field(
         None, ge=1, description="Size of each iteration's disjoint split (None: the file split evenly)."
     )
@@ -354,6 +365,10 @@ class MetricsSection(Section):
     console: bool = Field(True, description="Live console view.")
     eval_every_steps: int | None = Field(None, ge=1, description="Held-out eval every N steps (also at start and end).")
     eval_prompts: int = Field(128, ge=1, description="Held-out problems used per eval.")
+    eval_samples: int = Field(
+        1, ge=1, description="Samples per held-out problem besides the greedy one; K > 1 adds maj@K and pass@K."
+    )
+    eval_temperature: float = Field(1.0, ge=0, description="Sampling temperature of those K samples.")
 
 
 class ClusterSection(Section):

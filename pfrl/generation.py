@@ -28,6 +28,7 @@ from typing import Any
 
 from pfrl.config import GeneratorSection, ModelSection, SyncSection
 from pfrl.errors import SyncError, UserError
+from pfrl.prompting import prompt_ids
 from pfrl.transport.weights import ReceiverInfo, resolve_transport
 from pfrl.types import PromptItem, RolloutGroup
 
@@ -176,7 +177,7 @@ class GeneratorEngine:
 
     def _generate_locked(self, items: list[PromptItem]) -> list[RolloutGroup]:
         start = time.perf_counter()
-        prompts = [self._tokenizer.encode(it.problem.prompt) for it in items]
+        prompts = [prompt_ids(self._tokenizer, it.problem.prompt) for it in items]
         groups: dict[int, RolloutGroup] = {}
         for i, ids in enumerate(prompts):
             if len(ids) >= self.model_cfg.max_length:
@@ -255,6 +256,7 @@ class GeneratorEngine:
             completion_tokens=sum(len(c.token_ids) for c in comps),
             policy_version=version,
             generator_id=self.generator_id,
+            prompt_token_ids=list(out.prompt_token_ids),
         )
 
     def _empty_group(self, item: PromptItem, prompt_tokens: int) -> RolloutGroup:
@@ -284,8 +286,12 @@ class GeneratorEngine:
             stop=list(self.cfg.stop) or None,
             seed=self.seed,
         )
+        from vllm.inputs import TokensPrompt
+
+        # The same prompt ids as rollouts and the learner (not vLLM's own encoding of the text).
+        inputs = [TokensPrompt(prompt_token_ids=prompt_ids(self._tokenizer, p)) for p in prompts]
         with self._gate.engine_call():
-            outs = self._llm.generate(prompts, params, use_tqdm=False)
+            outs = self._llm.generate(inputs, params, use_tqdm=False)
         return [[c.text for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
 
     def logprobs(self, prompt: str, continuation: str) -> list[float]:
@@ -294,7 +300,7 @@ class GeneratorEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        p = self._tokenizer.encode(prompt)
+        p = prompt_ids(self._tokenizer, prompt)
         c = self._tokenizer.encode(continuation, add_special_tokens=False)
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
         with self._gate.engine_call():

@@ -25,6 +25,10 @@ class Problem:
     entry_point: str | None = None
     test_inputs: list[str] = field(default_factory=list)
     test_outputs: list[str] = field(default_factory=list)
+    # A data set's own test code (asserts run after the program), kept whole for evaluation only.
+    eval_tests: str | None = None
+    # The record's prompt before chat-template rendering (None: `prompt` was never rendered).
+    raw_prompt: str | None = None
 
     @property
     def reference_label(self) -> str | None:
@@ -54,6 +58,8 @@ class RolloutGroup:
     policy_version: int
     generator_id: int = 0
     gen_s: float = 0.0
+    # The prompt's token ids as the engine saw them (empty where no engine sampled: `pfrl label`).
+    prompt_token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -77,6 +83,17 @@ class LabelledGroup:
 
 
 @dataclass(slots=True)
+class SampledIds:
+    """The token ids a generator sampled for one pair: the learner trains on these exactly, since
+    re-tokenising the text can merge tokens differently (and `chosen`/`rejected` end in EOS only
+    when the sample did)."""
+
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+
+
+@dataclass(slots=True)
 class PreferencePair:
     """One DPO example, tagged with the policy version that sampled it."""
 
@@ -88,6 +105,8 @@ class PreferencePair:
     iteration: int = 0
     # False when `rejected` was cut short on purpose (step-focused pairs): no EOS is appended to it.
     rejected_complete: bool = True
+    # None when the pair has no sampled ids (a pairs file, text edited after sampling): re-tokenised.
+    sampled: SampledIds | None = None
 
 
 @dataclass(slots=True)
@@ -111,7 +130,7 @@ class WeightsMeta:
 
 _TYPES: dict[str, type] = {
     t.__name__: t
-    for t in (Problem, PromptItem, RolloutGroup, LabelledGroup, PreferencePair, TensorMeta, WeightsMeta)
+    for t in (Problem, PromptItem, RolloutGroup, LabelledGroup, SampledIds, PreferencePair, TensorMeta, WeightsMeta)
 }
 
 

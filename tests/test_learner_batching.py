@@ -134,3 +134,61 @@ def test_split_to_count_splits_largest_and_stops_at_singletons():
     batches = split_to_count([items[:4], items[4:]], 4)
     assert len(batches) == 4 and [t for b in batches for t in b] == items
     assert len(split_to_count([items[:1], items[1:2]], 5)) == 2
+
+
+# -- sampled token ids ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    """A real byte-level BPE (the tiny models' tokenizer), trained so that 'apples' is one token."""
+    from pfrl.tiny import build_tokenizer
+
+    return build_tokenizer(["Ana has 3 apples and 4 apples. apples apples apples."] * 50, vocab_size=300)
+
+
+def _sampled_group(bpe):
+    """A group whose completions were sampled token by token: 'apples' spelt as single characters,
+    which re-tokenising the text would merge into one token."""
+    from pfrl.types import Problem, PromptItem, RolloutGroup
+
+    problem = Problem("p0", "Ana has 3 apples. How many?")
+    spelt = [bpe.convert_tokens_to_ids(ch) for ch in "apples"]
+    chosen = [bpe.convert_tokens_to_ids("Ġ")] + spelt + [bpe.eos_token_id]  # ended on EOS
+    rejected = bpe.encode(" 4 apples", add_special_tokens=False)  # cut by max_tokens: no EOS
+    return RolloutGroup(
+        item=PromptItem(problem, 0), completions=[bpe.decode(chosen, skip_special_tokens=True), bpe.decode(rejected)],
+        token_ids=[chosen, rejected], finish_reasons=["stop", "length"], prompt_tokens=0, completion_tokens=0,
+        policy_version=3, prompt_token_ids=bpe.encode(problem.prompt, add_special_tokens=True),
+    )
+
+
+def test_learner_trains_on_the_sampled_ids_not_a_retokenisation(bpe):
+    from pfrl.feedback.pairs import to_preference_pairs
+    from pfrl.types import LabelledGroup, decode, encode
+
+    group = _sampled_group(bpe)
+    labelled = LabelledGroup("p0", 0, 3, "3", [1.0, 0.0], [(0, 1)])
+    (pair,) = [decode(encode(p)) for p in to_preference_pairs(group, labelled)]  # as it travels
+    chosen_ids, rejected_ids = group.token_ids
+    # The premise: the sampled ids are not what the text re-tokenises to.
+    assert bpe.encode(pair.chosen, add_special_tokens=False) + [bpe.eos_token_id] != chosen_ids
+    batch = collate([tokenize_pair(bpe, pair, max_length=256)], pad_id=bpe.pad_token_id)
+    width = len(group.prompt_token_ids) + len(chosen_ids)
+    assert batch.input_ids[0, :width].tolist() == group.prompt_token_ids + chosen_ids
+    n_rej = len(group.prompt_token_ids) + len(rejected_ids)
+    assert batch.input_ids[1, :n_rej].tolist() == group.prompt_token_ids + rejected_ids  # no EOS added
+    assert batch.attention_mask[1].sum().item() == n_rej
+
+
+def test_pairs_without_sampled_ids_are_retokenised_and_step_focus_drops_them(bpe):
+    from pfrl.feedback.steps import focus_on_first_error
+    from pfrl.types import SampledIds
+
+    pair = PreferencePair("p", "Q:", " 1 + 1 = 2. So 2.", " 1 + 1 = 2. So 3. Yes.", 0)
+    t = tokenize_pair(bpe, pair, max_length=256)
+    assert t.chosen == bpe.encode(pair.chosen, add_special_tokens=False) + [bpe.eos_token_id]
+    # Step focusing edits the texts, so the sampled ids no longer match them: they must go.
+    with_ids = PreferencePair("p", "Q:", pair.chosen, pair.rejected, 0, sampled=SampledIds([1], [2], [3]))
+    focused = focus_on_first_error(with_ids)
+    assert focused.rejected == "So 3. " and focused.sampled is None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 
 from pfrl.config import LabellerSection
-from pfrl.types import LabelledGroup, PreferencePair, RolloutGroup
+from pfrl.types import LabelledGroup, PreferencePair, RolloutGroup, SampledIds
 
 _EPS = 1e-9
 
@@ -75,6 +75,15 @@ def to_preference_pairs(group: RolloutGroup, labelled: LabelledGroup) -> list[Pr
             rejected=group.completions[r],
             policy_version=group.policy_version,
             iteration=group.item.iteration,
+            sampled=sampled_ids(group, c, r),
         )
         for c, r in labelled.pairs
     ]
+
+
+def sampled_ids(group: RolloutGroup, chosen: int, rejected: int) -> SampledIds | None:
+    """The token ids the generator sampled for a pair (the learner trains on exactly these); None
+    when the group carries no ids (`pfrl label` reads texts)."""
+    if not group.prompt_token_ids or not group.token_ids:
+        return None
+    return SampledIds(list(group.prompt_token_ids), list(group.token_ids[chosen]), list(group.token_ids[rejected]))

@@ -47,4 +47,5 @@ def focus_on_first_error(pair: PreferencePair) -> PreferencePair:
         chosen="".join(chosen[shared:]),
         rejected=rejected[shared],
         rejected_complete=shared + 1 == len(rejected),
+        sampled=None,  # the texts changed: the sampled ids no longer match them, so re-tokenise
     )
