@@ -35,6 +35,10 @@ class RunSection(Section):
         None, ge=1, description="Stop after this many learner steps in total (None: run all iterations)."
     )
     log_every: int = Field(1, ge=1, description="Console line every N steps.")
+    push_to: str | None = Field(
+        None, pattern=r"^[\w.-]+/[\w.-]+$", description="Hugging Face Hub repo (org/name) that RUN_DIR/final is "
+        "uploaded to at the end of the run (created private if missing; token from HF_TOKEN or `hf auth login`)."
+    )
 
 
 class ModelSection(Section):
