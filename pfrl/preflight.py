@@ -13,6 +13,7 @@ from pathlib import Path
 from pfrl.config import PfrlConfig
 from pfrl.console import console
 from pfrl.errors import UserError
+from pfrl.hub import fetch_model, is_hub_id
 from pfrl.tasks.io import ProblemFile, read_problems
 from pfrl.types import Problem
 
@@ -26,9 +27,11 @@ class RunInputs:
 
 
 def resolve_model(cfg: PfrlConfig) -> str:
-    """The policy's model directory; the tiny bootstrap model is built on first use."""
+    """The policy's model directory; a hub id is fetched and the tiny bootstrap model built on first use."""
     if cfg.model.path is not None:
         path = Path(cfg.model.path)
+        if is_hub_id(cfg.model.path):
+            path = fetch_model(cfg.model.path, cfg.model.hub_cache_dir)
         if not (path / "config.json").is_file():
             raise UserError(f"model.path={cfg.model.path}: not a Hugging Face model directory (no config.json)")
         return str(path.resolve())
