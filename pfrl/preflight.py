@@ -14,7 +14,9 @@ from pfrl.config import PfrlConfig
 from pfrl.console import console
 from pfrl.errors import UserError
 from pfrl.hub import fetch_model, is_hub_id
-from pfrl.tasks.io import ProblemFile, read_problems
+from pfrl.prompting import render_problems
+from pfrl.tasks.io import ProblemFile
+from pfrl.tasks.loaders import load_problems, source_exists
 from pfrl.types import Problem
 
 
@@ -61,7 +63,8 @@ def _too_long(problems: list[Problem], model_path: str, room: int, max_length: i
 
 
 def _load(path: str, cfg: PfrlConfig, model_path: str) -> ProblemFile:
-    loaded = read_problems(path, cfg.data.max_bad_records)
+    loaded = load_problems(path, cfg.data.fields, cfg.data.max_bad_records)
+    loaded.problems = render_problems(loaded.problems, cfg.model, model_path)  # what the model reads, once
     room = min(cfg.generator.max_tokens, 16)  # a prompt must leave at least this much to generate
     long_ids = _too_long(loaded.problems, model_path, room, cfg.model.max_length)
     if long_ids:
@@ -85,7 +88,7 @@ def check_inputs(cfg: PfrlConfig) -> RunInputs:
     train_file = cfg.data.train_file or str(Path(model_path) / "data" / "train.jsonl")
     heldout_file = cfg.data.heldout_file or str(Path(model_path) / "data" / "heldout.jsonl")
     train = _load(train_file, cfg, model_path)
-    heldout = _load(heldout_file, cfg, model_path) if Path(heldout_file).exists() or cfg.data.heldout_file else None
+    heldout = _load(heldout_file, cfg, model_path) if source_exists(heldout_file) or cfg.data.heldout_file else None
     if cfg.metrics.eval_every_steps and heldout is None:
         raise UserError(f"metrics.eval_every_steps is set but {heldout_file} does not exist")
     return RunInputs(model_path, train.problems, heldout.problems if heldout else [], len(train.bad))
