@@ -4,23 +4,21 @@ Methods cross Ray as bytes (msgpack of typed messages) or plain dicts, never pic
 The actor is threaded (`max_concurrency`), so `health()` answers while a batch or a sync runs; the
 engine's own gate serialises sampling and weight swaps.
 
-After Ray restarts the actor (`max_restarts`), it comes back with the base weights (version 0), a
-new `instance_id` and no stream: the controller notices through `health()`, calls
-`sync_weights(...)` and `run_stream(...)` again, and re-issues the prompts the old instance held.
+After Ray restarts the actor (`max_restarts`), it comes back with the base weights (version 0) and a
+new `instance_id`: the controller notices through `health()`, calls `sync_weights(...)` again, and
+re-issues the prompts the old instance held.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
 from pfrl.config import GeneratorSection, ModelSection, SyncSection
-from pfrl.generation import GeneratorEngine, WeightsIncomplete
-from pfrl.transport.rollout_stream import RolloutStream
+from pfrl.generation import GeneratorEngine
 from pfrl.types import decode, encode
 
-MAX_CONCURRENCY = 4  # generate/stream, sync, health and stop can all be in flight
+MAX_CONCURRENCY = 4  # generate, sync, health and stop can all be in flight
 
 
 class GeneratorActor:
@@ -33,43 +31,25 @@ class GeneratorActor:
         seed: int,
         generator_id: int,
     ):
-        self._gen_cfg = GeneratorSection(**gen_cfg_dict)
         self._engine = GeneratorEngine(
             model_path,
-            self._gen_cfg,
+            GeneratorSection(**gen_cfg_dict),
             ModelSection(**model_cfg_dict),
             SyncSection(**sync_cfg_dict),
             seed,
             generator_id,
         )
-        self._stream: RolloutStream | None = None
 
     def generate(self, items_bytes: bytes) -> bytes:
         """msgpack list of PromptItem -> msgpack list of RolloutGroup (same order)."""
         return encode(self._engine.generate(decode(items_bytes)))
 
-    def run_stream(self, prompts_addr: str, rollouts_addr: str) -> None:
-        """Start (or restart) the background loop between these two ZMQ addresses."""
-        if self._stream is not None:
-            self._stream.stop()
-        self._stream = RolloutStream(
-            self._engine.generate,
-            prompts_addr,
-            rollouts_addr,
-            self._gen_cfg.prompts_per_request,
-            self._gen_cfg.stall_timeout_s,
-            retry_on=(WeightsIncomplete,),
-        )
-        self._stream.start()
-
     def health(self) -> dict[str, Any]:
-        stream = self._stream.health() if self._stream is not None else None
         return {
             "generator_id": self._engine.generator_id,
             "instance_id": self._engine.instance_id,
             "version": self._engine.policy_version,
             "pid": os.getpid(),
-            "stream": dataclasses.asdict(stream) if stream is not None else None,
         }
 
     def policy_version(self) -> int:
@@ -89,9 +69,7 @@ class GeneratorActor:
         return self._engine.logprobs(prompt, continuation)
 
     def stop(self) -> None:
-        """End the stream and the engine's processes (call before killing the actor)."""
-        if self._stream is not None:
-            self._stream.stop()
+        """End the engine's processes (call before killing the actor)."""
         self._engine.shutdown()
 
 

@@ -40,12 +40,12 @@ class LearnerActor:
 
     def rendezvous(self) -> tuple[str, int]:
         """(address, free port) for the process group; asked of rank 0 only."""
-        from learner.dist import free_port, node_ip
+        from pfrl.runtime import free_port, node_ip
 
         return node_ip(), free_port()
 
     def node_ip(self) -> str:
-        from learner.dist import node_ip
+        from pfrl.runtime import node_ip
 
         return node_ip()
 

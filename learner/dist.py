@@ -8,26 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import warnings
 
 import torch
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
-
-
-def node_ip() -> str:
-    """This host's address as other nodes see it (the interface of the default route)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("10.255.255.255", 1))  # no packet is sent: UDP connect only picks a route
-            return str(s.getsockname()[0])
-        except OSError:
-            return "127.0.0.1"
+from pfrl.runtime import resolve_dtype
 
 
 def init_distributed() -> tuple[int, int]:
@@ -65,7 +50,6 @@ def quiet_deepspeed() -> None:
 
 
 def compute_dtype(dtype_name: str) -> torch.dtype:
-    """`model.dtype` -> torch dtype; auto means bf16 where CUDA runs the model, fp32 on CPU."""
-    if dtype_name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name]
+    """`model.dtype` -> torch dtype (`auto` resolved as everywhere else, by pfrl.runtime)."""
+    dtype: torch.dtype = getattr(torch, resolve_dtype(dtype_name))  # "float32" -> torch.float32
+    return dtype

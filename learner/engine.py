@@ -34,6 +34,7 @@ from learner.reference import ReferenceModel, load_causal_lm
 from learner.weights import iter_weight_buckets
 from pfrl.config import LearnerSection, ModelSection
 from pfrl.errors import UserError
+from pfrl.model_dir import check_model_dir
 from pfrl.types import PreferencePair
 
 # Bucket for internal gathers (saves, reference refresh): bounds their extra memory per rank.
@@ -49,11 +50,6 @@ LOSS_KEYS = (
     "logp_rejected",
     "nll",
 )
-
-
-def check_model_dir(model_path: str) -> None:
-    if not (Path(model_path) / "config.json").is_file():
-        raise UserError(f"{model_path}: not a Hugging Face model directory (no config.json)")
 
 
 class DPOEngine:

@@ -14,8 +14,7 @@ from pfrl.transport.weights import SenderSpec, send_weights
 
 def publish(engine: Any, version: int, sender_spec: dict[str, Any]) -> dict[str, Any]:
     """Send every bucket of `engine`'s weights as `version` to the receivers in `sender_spec`
-    (made by `pfrl.transport.weights.sync_weights`). The other ranks of a ZeRO-3 learner get a
-    spec with transport `none`: they walk the same bucket gathers and send nothing.
-    Returns the send stats: version, transport, buckets, bytes, receivers, seconds."""
+    (made by `pfrl.transport.weights.sync_weights`). Under ZeRO-3, rank 0 hands in an engine that
+    makes its peers walk the same bucket gathers (actors/learner.py). Returns the send stats: version, transport, buckets, bytes, receivers, seconds."""
     spec = SenderSpec.from_dict(sender_spec)
     return send_weights(spec, version, engine.named_weight_buckets(spec.bucket_bytes)).to_dict()

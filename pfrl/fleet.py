@@ -18,22 +18,26 @@ from pfrl.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def start_ray(cfg: PfrlConfig) -> None:
+def start_ray(cfg: PfrlConfig, log_to_driver: bool = True) -> bool:
+    """Join `cluster.ray_address`, or start a local Ray of `cluster.num_cpus`: every command that needs
+    Ray starts it here, so each gets the same worker environment. False when Ray was already up
+    (the caller then leaves it running). `log_to_driver=False` keeps workers' logs in Ray's session
+    directory, for commands whose own output is a progress bar."""
     import ray
 
     if ray.is_initialized():
-        return
-    # Set in every worker process Ray starts: the vLLM CPU KV cache is sized from this variable.
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_CPU_KVCACHE_SPACE": str(cfg.generator.cpu_kvcache_gb)}}
+        return False
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}  # tokenizers' threads fight the actors' on few cores
     if cfg.cluster.ray_address:
         try:
-            ray.init(address=cfg.cluster.ray_address, runtime_env=env, log_to_driver=True)
+            ray.init(address=cfg.cluster.ray_address, runtime_env=env, log_to_driver=log_to_driver)
         except (ConnectionError, RuntimeError) as e:
             raise UserError(f"cluster.ray_address={cfg.cluster.ray_address}: cannot join Ray cluster ({e})") from None
     else:
-        ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
+        ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=log_to_driver)
     console.print(f"Ray: {ray.cluster_resources().get('CPU', 0):.0f} CPUs, "
                   f"{ray.cluster_resources().get('GPU', 0):.0f} GPUs, {len(ray.nodes())} node(s)")
+    return True
 
 
 def _generator_placement(cfg: PfrlConfig):

@@ -16,18 +16,16 @@ half-updated weights (the swap itself happens between engine steps, inside the w
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from pfrl.config import GeneratorSection, ModelSection, SyncSection
-from pfrl.errors import SyncError, UserError
+from pfrl.errors import SyncError
+from pfrl.model_dir import check_model_dir
 from pfrl.prompting import prompt_ids
 from pfrl.transport.weights import ReceiverInfo, resolve_transport
 from pfrl.types import PromptItem, RolloutGroup
@@ -95,39 +93,17 @@ class SwapGate:
             self._busy = True
 
 
-def _dtype(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    import torch
-
-    return "bfloat16" if torch.cuda.is_available() else "float32"
-
-
-def check_model_dir(model_path: str, max_length: int) -> None:
-    """UserError unless `model_path` is a model directory whose context fits `model.max_length`
-    (checked before any engine starts, so the user gets one line instead of an engine traceback)."""
-    config = Path(model_path) / "config.json"
-    if not config.is_file():
-        raise UserError(f"{model_path}: not a Hugging Face model directory (no config.json)")
-    try:
-        positions = json.loads(config.read_text()).get("max_position_embeddings")
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{config}: unreadable ({e})") from None
-    if isinstance(positions, int) and max_length > positions:
-        raise UserError(f"model.max_length={max_length} exceeds the model's {positions} positions ({config})")
-
-
 def _build_llm(model_path: str, gen: GeneratorSection, model: ModelSection, seed: int) -> Any:
+    # Checked before the engine starts: one line for the user instead of an engine traceback.
     check_model_dir(model_path, model.max_length)
-    # The CPU backend reads its KV-cache size from the environment when the engine starts.
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gen.cpu_kvcache_gb)
-    from vllm import LLM
+    from pfrl.runtime import resolve_dtype, set_cpu_kvcache, vllm_batching_kwargs, vllm_process_kwargs
 
-    from pfrl.runtime import vllm_batching_kwargs, vllm_process_kwargs
+    set_cpu_kvcache(gen.cpu_kvcache_gb)  # before vLLM loads: it reads the variable from the environment
+    from vllm import LLM
 
     return LLM(
         model=model_path,
-        dtype=_dtype(model.dtype),
+        dtype=resolve_dtype(model.dtype),
         seed=seed,
         max_model_len=model.max_length,
         tensor_parallel_size=gen.tensor_parallel_size,

@@ -14,6 +14,7 @@ from pfrl.config import PfrlConfig
 from pfrl.console import console
 from pfrl.errors import UserError
 from pfrl.hub import fetch_model, is_hub_id
+from pfrl.model_dir import check_model_dir
 from pfrl.prompting import render_problems
 from pfrl.tasks.io import ProblemFile
 from pfrl.tasks.loaders import load_problems, source_exists
@@ -34,8 +35,7 @@ def resolve_model(cfg: PfrlConfig) -> str:
         path = Path(cfg.model.path)
         if is_hub_id(cfg.model.path):
             path = fetch_model(cfg.model.path, cfg.model.hub_cache_dir)
-        if not (path / "config.json").is_file():
-            raise UserError(f"model.path={cfg.model.path}: not a Hugging Face model directory (no config.json)")
+        check_model_dir(path, name=f"model.path={cfg.model.path}")
         return str(path.resolve())
     path = Path(cfg.model.bootstrap_dir) / f"tiny-{cfg.run.task}-seed{cfg.run.seed}"
     if not (path / "pfrl_bootstrap.json").is_file():

@@ -1,9 +1,10 @@
-"""Where we run: CUDA or CPU, and the engine settings that follow from it."""
+"""Where we run: CUDA or CPU, this host's address, and the engine settings that follow from them."""
 
 from __future__ import annotations
 
 import functools
 import os
+import socket
 
 
 @functools.cache
@@ -14,6 +15,45 @@ def has_cuda() -> bool:
         return torch.cuda.is_available()
     except ImportError:
         return False
+
+
+def resolve_dtype(setting: str) -> str:
+    """`model.dtype` as a torch dtype name: `auto` is bfloat16 where CUDA runs the model, float32
+    on CPU (whose kernels are float32)."""
+    if setting != "auto":
+        return setting
+    return "bfloat16" if has_cuda() else "float32"
+
+
+def node_ip() -> str:
+    """This host's address as other nodes see it: Ray's node address inside a Ray process, else the
+    interface of the default route, else loopback (a machine without a network)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return str(ray.util.get_node_ip_address())
+    except ImportError:
+        pass
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet is sent: UDP connect only picks a route
+            return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port free on this host right now (for a rendezvous its caller binds soon after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def set_cpu_kvcache(gb: int) -> None:
+    """vLLM's CPU backend sizes its KV cache from VLLM_CPU_KVCACHE_SPACE (GiB), read when an engine
+    starts (and inherited by the engine's worker processes): the one place pfrl sets it."""
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gb)
 
 
 def vllm_batching_kwargs(max_num_seqs: int, max_model_len: int) -> dict:
@@ -43,5 +83,5 @@ def vllm_engine_kwargs(gpu_memory_utilization: float = 0.3, kvcache_gb: int = 1,
     RAM and the KV cache is sized by VLLM_CPU_KVCACHE_SPACE (GiB), read when the engine starts."""
     if has_cuda():
         return {"gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": enforce_eager}
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kvcache_gb))
+    set_cpu_kvcache(kvcache_gb)
     return {"gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": True, "dtype": "float32"}

@@ -68,3 +68,20 @@ def boot_code(tmp_path_factory) -> str:
 
     out = tmp_path_factory.mktemp("boot-code") / "model"
     return str(bootstrap("code", out, seed=0, spec=BootstrapSpec.small()))
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray for one test module (2 CPUs, workers' logs kept out of the test output)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    """16 synthetic math preference pairs (right vs. wrong boxed answer), the same in every module."""
+    from pfrl.bench.learner import synthetic_pairs
+
+    return synthetic_pairs(16, seed=3)

@@ -7,6 +7,7 @@ import dataclasses
 import random
 
 import pytest
+from helpers import group, wrong_math
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,19 +16,9 @@ from pfrl.feedback.labeller import Labeller
 from pfrl.feedback.sandbox import TestResult, TestStatus
 from pfrl.feedback.self_consistency import majority_answer, match_scores, pseudo_outputs
 from pfrl.tasks import synthetic_code, synthetic_math
-from pfrl.types import Problem, PromptItem, RolloutGroup
+from pfrl.types import Problem
 
 SANDBOX = SandboxSection(timeout_s=1.0, cpu_s=1, memory_mb=256)
-
-
-def group(problem: Problem, completions: list[str], version: int = 0) -> RolloutGroup:
-    return RolloutGroup(PromptItem(problem, 0), completions, [], [], 0, 0, version)
-
-
-def wrong_math(solution: str, delta: int) -> str:
-    head, _, tail = solution.rpartition("\\boxed{")
-    value = int(tail.split("}")[0])
-    return f"{head}\\boxed{{{value + delta}}}."
 
 
 # -- self-consistency rules ------------------------------------------------------------------------

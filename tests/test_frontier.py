@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,17 +28,12 @@ from pfrl import cli
 from pfrl.config import FrontierSection, LabellerSection, SandboxSection
 from pfrl.feedback import frontier
 from pfrl.feedback.labeller import Labeller
+from pfrl.runtime import free_port
 from pfrl.tasks import synthetic_code, synthetic_math
 from pfrl.tasks.io import problem_to_dict, read_problems, write_jsonl
 from pfrl.types import PromptItem, RolloutGroup
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- a real vLLM server ------------------------------------------------------------------------------

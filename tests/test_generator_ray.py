@@ -1,4 +1,4 @@
-"""A real vLLM generator in a local Ray cluster: streaming groups, weight sync over both
+"""A real vLLM generator in a local Ray cluster: rollout groups, weight sync over both
 transports checked against the learner's log-probs, a failed sync, and a Ray restart + resync.
 
 Written for CPU (vLLM-CPU, gloo). With CUDA the generator takes a GPU, and the learner takes a
@@ -66,17 +66,13 @@ def _items(n: int, start: int = 0) -> list[PromptItem]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tiny_math_model):
-    import ray
-
+def cluster(ray_local, tiny_math_model):
     from actors.generator import spawn_generator
 
+    ray = ray_local
     # Test classes are not importable by Ray workers: ship this module by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING"}})
-    gen_cfg = GeneratorSection(
-        n_samples=N_SAMPLES, max_tokens=12, prompts_per_request=2, stall_timeout_s=5, max_restarts=1
-    )
+    gen_cfg = GeneratorSection(n_samples=N_SAMPLES, max_tokens=12, prompts_per_request=2, max_restarts=1)
     model_cfg = ModelSection(max_length=256, dtype="float32")
     gen = spawn_generator(
         tiny_math_model, gen_cfg, model_cfg, SyncSection(), 0, 0, 0.5, num_gpus=min(GPUS, 1)
@@ -89,10 +85,7 @@ def cluster(tiny_math_model):
     )
     ray.get(gen.policy_version.remote(), timeout=300)
     yield ray, gen, learner
-    try:
-        ray.get(gen.stop.remote(), timeout=60)
-    finally:
-        ray.shutdown()
+    ray.get(gen.stop.remote(), timeout=60)
 
 
 def _assert_same_logprobs(ray, gen, learner) -> None:
@@ -102,34 +95,22 @@ def _assert_same_logprobs(ray, gen, learner) -> None:
     assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < LOGPROB_TOL
 
 
-def _stream_groups(ray, gen, items: list[PromptItem]) -> list:
-    from pfrl.transport.streams import PullStream, PushStream
+def _generate(ray, gen, items: list[PromptItem]) -> list:
+    from pfrl.types import decode, encode
 
-    prompts, rollouts = PushStream(bind=True, host="127.0.0.1"), PullStream(bind=True, host="127.0.0.1")
-    ray.get(gen.run_stream.remote(prompts.addr, rollouts.addr))
-    for item in items:
-        prompts.send(item, timeout_s=30)
-    groups = [rollouts.recv(timeout_s=120) for _ in items]
-    prompts.close()
-    rollouts.close()
-    return groups
+    return decode(ray.get(gen.generate.remote(encode(items)), timeout=300))
 
 
-def test_stream_yields_groups_of_n_samples_from_version_0(cluster):
+def test_generate_yields_groups_of_n_samples_from_version_0(cluster):
     ray, gen, _ = cluster
-    groups = _stream_groups(ray, gen, _items(5))
-    assert sorted(g.item.problem.id for g in groups) == [f"q{i}" for i in range(5)]
+    groups = _generate(ray, gen, _items(5))
+    assert [g.item.problem.id for g in groups] == [f"q{i}" for i in range(5)]  # in request order
     for g in groups:
         assert len(g.completions) == len(g.token_ids) == len(g.finish_reasons) == N_SAMPLES
         assert all(1 <= len(ids) <= 12 for ids in g.token_ids)
         assert g.completion_tokens == sum(len(ids) for ids in g.token_ids)
         assert g.prompt_tokens > 5 and g.policy_version == 0 and g.generator_id == 0
         assert set(g.finish_reasons) <= {"stop", "length"}
-    # The stream counts a group once its send returns, which can be just after it arrives here.
-    deadline = time.time() + 10
-    while (health := ray.get(gen.health.remote()))["stream"]["groups"] < 5 and time.time() < deadline:
-        time.sleep(0.1)
-    assert health["stream"]["groups"] == 5 and not health["stream"]["stalled"]
 
 
 def test_same_prompts_same_version_same_samples(cluster):
@@ -206,17 +187,13 @@ def _descendants(pid: int) -> list:
 def test_killed_generator_is_restarted_and_resynced(cluster):
     import psutil
 
-    from pfrl.transport.streams import PullStream, PushStream
     from pfrl.transport.weights import sync_weights
+    from pfrl.types import encode
 
     ray, gen, learner = cluster
     before = ray.get(gen.health.remote())
     assert not _descendants(before["pid"])  # engine_in_process: vLLM's engine lives in the actor itself
-    prompts, rollouts = PushStream(bind=True, host="127.0.0.1"), PullStream(bind=True, host="127.0.0.1")
-    ray.get(gen.run_stream.remote(prompts.addr, rollouts.addr))
-    for item in _items(6, start=20):
-        prompts.send(item, timeout_s=30)
-    assert rollouts.recv(timeout_s=120) is not None  # mid-stream
+    in_flight = gen.generate.remote(encode(_items(6, start=20)))
     ray.kill(gen, no_restart=False)
     deadline = time.monotonic() + 300
     while True:
@@ -228,12 +205,12 @@ def test_killed_generator_is_restarted_and_resynced(cluster):
             pass
         assert time.monotonic() < deadline, "generator was not restarted"
         time.sleep(1)
-    assert health["version"] == 0 and health["stream"] is None  # fresh: base weights, no stream
+    assert health["version"] == 0  # fresh: base weights
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(in_flight, timeout=60)  # the killed instance's call is lost, not replayed (max_task_retries 0)
     stats = sync_weights(learner, [gen], 4, SyncSection(transport="zmq", timeout_s=60))
     assert stats["versions"] == [4]
     _assert_same_logprobs(ray, gen, learner)
-    prompts.close()
-    rollouts.close()
-    groups = _stream_groups(ray, gen, _items(2, start=30))
+    groups = _generate(ray, gen, _items(2, start=30))
     assert [g.policy_version for g in groups] == [4, 4]
     assert health["pid"] != before["pid"] and not psutil.pid_exists(before["pid"])  # the engine went with it

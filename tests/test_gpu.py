@@ -15,8 +15,6 @@ import pytest
 import torch
 from learner_util import make_engine, weights
 
-from pfrl.bench.learner import synthetic_pairs
-
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 
@@ -24,11 +22,6 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for name in a:
         assert a[name].dtype == b[name].dtype and torch.equal(a[name].cpu(), b[name].cpu()), name
-
-
-@pytest.fixture(scope="module")
-def pairs():
-    return synthetic_pairs(16, seed=3)
 
 
 @pytest.mark.parametrize("stage", [0, 2, 3])

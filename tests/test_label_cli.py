@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import wrong_math
 
 from pfrl.cli import main
 from pfrl.tasks import synthetic_code, synthetic_math
@@ -20,11 +21,6 @@ def write_jsonl(path: Path, rows: list, extra_lines: list[str] = ()) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def wrong_math(solution: str) -> str:
-    head, _, tail = solution.rpartition("\\boxed{")
-    return f"{head}\\boxed{{{int(tail.split('}')[0]) + 1}}}."
 
 
 @pytest.fixture

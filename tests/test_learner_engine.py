@@ -17,8 +17,6 @@ import pytest
 import torch
 from learner_util import make_engine, weights
 
-from pfrl.bench.learner import synthetic_pairs
-
 pytestmark = pytest.mark.slow
 
 
@@ -47,11 +45,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def pairs():
-    return synthetic_pairs(16, seed=3)
 
 
 @pytest.fixture(scope="module")

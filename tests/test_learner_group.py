@@ -13,27 +13,12 @@ import math
 import pytest
 import torch
 
-from pfrl.bench.learner import synthetic_pairs
 from pfrl.config import LearnerSection, ModelSection, load_config
 
 pytestmark = pytest.mark.slow
 
 COMMON = ["learner.lr=1e-3", "learner.warmup_steps=1", "model.max_length=256"]
 KEYS = ("learner/loss", "learner/reward_chosen", "learner/margin", "learner/grad_norm", "learner/tokens")
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def pairs():
-    return synthetic_pairs(16, seed=5)
 
 
 def batches(pairs) -> list[list]:

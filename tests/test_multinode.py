@@ -4,7 +4,6 @@ to one node and the learner to the other through custom resources, and a short r
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -12,21 +11,17 @@ import tempfile
 import pytest
 from e2e_config import short_run
 
+from pfrl.runtime import free_port
+
 pytestmark = pytest.mark.slow
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def two_node_cluster():
     import ray
 
-    ip, port = ray.util.get_node_ip_address(), _free_port()
+    ip, port = ray.util.get_node_ip_address(), free_port()
     # A short temp dir (Ray's socket paths must stay under the 107-byte limit), and no token auth:
     # Ray 2.60's `ray start` otherwise expects every node and driver to share a generated token.
     temp = tempfile.mkdtemp(prefix="pfrl-ray-", dir="/tmp")

@@ -230,7 +230,7 @@ def test_plan_zmq_collects_every_worker_address_and_specs_roundtrip():
         WeightSync().plan([_info(0, "a", None, "zmq"), _info(1, "b", None)], cfg)
 
 
-def test_resolve_transport_and_follower_spec():
+def test_resolve_transport_and_unknown_sender_transports():
     assert resolve_transport("auto", "cuda") == "collective"
     assert resolve_transport("auto", "cpu") == "zmq"
     assert resolve_transport("zmq", "cuda") == "zmq"
@@ -239,12 +239,13 @@ def test_resolve_transport_and_follower_spec():
     walked = []
 
     def buckets():
-        for i in range(3):
-            walked.append(i)
-            yield [("x", torch.zeros(2))]
+        walked.append(0)
+        yield [("x", torch.zeros(2))]
 
-    stats = send_weights(SenderSpec("none", 64, 1.0), 2, buckets())
-    assert walked == [0, 1, 2] and stats.buckets == 3 and stats.bytes == 0
+    # ZeRO-3 peers walk the gathers through rank 0 (actors/learner.py), not through a `none` sender
+    with pytest.raises(ValueError, match="unknown weight transport 'none'"):
+        send_weights(SenderSpec("none", 64, 1.0), 2, buckets())
+    assert walked == []
 
 
 def test_a_generator_that_cannot_answer_prepare_sync_is_a_sync_error_not_a_collective_fallback():

@@ -132,8 +132,9 @@ def _random_model(tmp: str, hidden: int, layers: int) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from learner.engine import DPOEngine, check_model_dir
+    from learner.engine import DPOEngine
     from pfrl.config import load_config
+    from pfrl.model_dir import check_model_dir
 
     cfg = load_config(args.config, [*args.overrides, "learner.num_learners=1"])
     lc = cfg.learner

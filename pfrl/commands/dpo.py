@@ -65,12 +65,10 @@ def open_learner(cfg, model_path: str, total_steps: int) -> Iterator:
         return
     import ray
 
+    from pfrl.fleet import start_ray
     from pfrl.learner_group import LearnerGroup
 
-    if cfg.cluster.ray_address is not None:
-        ray.init(address=cfg.cluster.ray_address)
-    else:
-        ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False)
+    started = start_ray(cfg)
     group = None
     try:
         group = LearnerGroup(cfg, model_path, cfg.run.seed, total_steps)
@@ -78,7 +76,8 @@ def open_learner(cfg, model_path: str, total_steps: int) -> Iterator:
     finally:
         if group is not None:
             group.shutdown()
-        ray.shutdown()
+        if started:
+            ray.shutdown()
 
 
 def _train(
@@ -135,9 +134,10 @@ def _quiet_loading() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from learner.engine import check_model_dir, check_out_dir
+    from learner.engine import check_out_dir
     from learner.pairs_file import read_pairs
     from pfrl.config import load_config
+    from pfrl.model_dir import check_model_dir
 
     cfg = load_config(args.config, args.overrides)
     _quiet_loading()

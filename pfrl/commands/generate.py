@@ -50,15 +50,12 @@ def _config(args: argparse.Namespace):
 
 
 def _start_generators(cfg: Any, model: str) -> list[Any]:
-    import ray
-
     from actors.generator import spawn_generator
+    from pfrl.fleet import start_ray
 
-    if not ray.is_initialized():
-        # Every engine logs its start-up; forwarded here they would drown the progress bar and the
-        # result line. They stay in Ray's session logs; failures still surface as exceptions.
-        kwargs = {"num_cpus": cfg.cluster.num_cpus} if cfg.cluster.ray_address is None else {}
-        ray.init(address=cfg.cluster.ray_address, include_dashboard=False, log_to_driver=False, **kwargs)
+    # Every engine logs its start-up; forwarded here they would drown the progress bar and the
+    # result line. They stay in Ray's session logs; failures still surface as exceptions.
+    start_ray(cfg, log_to_driver=False)
     g = cfg.generator
     return [
         # Offline sampling is idempotent, so a call lost to a restart is simply retried.
@@ -135,7 +132,7 @@ def _run_sampling(cfg: Any, model: str, problems: list, show_progress: bool) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from pfrl.generation import check_model_dir
+    from pfrl.model_dir import check_model_dir
     from pfrl.tasks.io import read_problems, write_jsonl
 
     cfg = _config(args)

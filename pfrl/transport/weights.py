@@ -115,12 +115,10 @@ def resolve_transport(requested: str, device: str) -> str:
 
 
 def send_weights(spec: SenderSpec, version: int, buckets: Iterable[Named]) -> SendStats:
-    """Learner side: stream `buckets` to every receiver named in `spec` (transport `none`: only
-    iterate them, for the ZeRO-3 ranks other than 0)."""
+    """Learner side: stream `buckets` to every receiver named in `spec`."""
+    if spec.transport not in TRANSPORTS:
+        raise ValueError(f"unknown weight transport {spec.transport!r}")
     start = time.perf_counter()
-    if spec.transport == "none":
-        count = sum(1 for _ in buckets)  # a follower rank: take part in the gathers, send nothing
-        return SendStats(version, "none", count, 0, 0, time.perf_counter() - start)
     if spec.transport == "zmq":
         from pfrl.transport.zmq_weights import ZmqWeightSender
 
@@ -165,9 +163,9 @@ class WeightSync:
             return g.spec
         import torch.distributed as dist
 
-        from pfrl.transport.streams import local_ip
+        from pfrl.runtime import node_ip
 
-        host = local_ip()
+        host = node_ip()
         store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False)
         spec = GroupSpec(host, store.port, uuid.uuid4().hex[:12], 1 + sum(workers), backend)
         self._group = _HostedGroup(spec, members, store)
@@ -204,7 +202,6 @@ _STATE = WeightSync()
 
 def _run_once(
     learner: Any,
-    followers: Sequence[Any],
     gens: Sequence[Any],
     version: int,
     cfg: SyncSection,
@@ -221,12 +218,9 @@ def _run_once(
     infos = [ReceiverInfo.from_dict(d) for d in answers]
     sender, receivers = state.plan(infos, cfg)
     pub = learner.publish_weights.remote(version, sender.to_dict())
-    follow = SenderSpec("none", sender.bucket_bytes, cfg.timeout_s).to_dict()
-    rest = [f.publish_weights.remote(version, follow) for f in followers]
     recvs = [g.receive_weights.remote(version, r.to_dict()) for g, r in zip(gens, receivers, strict=True)]
     try:
         sent, *results = ray.get([pub, *recvs], timeout=2 * cfg.timeout_s)
-        ray.get(rest, timeout=2 * cfg.timeout_s)
     except Exception as e:
         state.forget_group()  # members may be stuck mid-collective: the next sync forms a new group
         raise SyncError(f"weight sync of version {version} failed: {e}") from e
@@ -253,22 +247,19 @@ def sync_weights(
     generator_handles: Sequence[Any],
     version: int,
     sync_cfg: SyncSection,
-    learner_followers: Sequence[Any] = (),
     state: WeightSync | None = None,
 ) -> dict[str, Any]:
     """Push the learner's weights as `version` to every generator; returns latency (ms), bytes,
     GB/s (payload bytes / latency) and the version each generator now serves. Raises SyncError.
 
-    `learner_followers` are the other learner ranks: under ZeRO-3 they must walk the same bucket
-    gathers as rank 0, so they are asked to `publish_weights(version, spec)` alongside it with a
-    spec whose transport is `none` (walk the buckets, send nothing).
-    With `sync.transport=auto`, a collective that cannot be formed falls back to ZMQ for good."""
+    Under ZeRO-3 the other learner ranks take part in rank 0's gathers: rank 0 asks them itself
+    (actors/learner.py), so only rank 0 is named here. With `sync.transport=auto`, a collective that cannot be formed falls back to ZMQ for good."""
     state = state or _STATE
     try:
-        return _run_once(learner_rank0_handle, learner_followers, generator_handles, version, sync_cfg, state)
+        return _run_once(learner_rank0_handle, generator_handles, version, sync_cfg, state)
     except SyncError as e:
         if sync_cfg.transport != "auto" or state.last_transport != "collective":
             raise
         log.warning("collective weight sync failed (%s); falling back to ZMQ", e)
         state.fall_back_to_zmq()
-        return _run_once(learner_rank0_handle, learner_followers, generator_handles, version, sync_cfg, state)
+        return _run_once(learner_rank0_handle, generator_handles, version, sync_cfg, state)

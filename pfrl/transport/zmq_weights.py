@@ -20,6 +20,7 @@ import torch
 import zmq
 
 from pfrl.errors import SyncError
+from pfrl.runtime import node_ip
 from pfrl.transport.buckets import (
     Named,
     Received,
@@ -32,7 +33,6 @@ from pfrl.transport.buckets import (
     payload_bytes,
     view,
 )
-from pfrl.transport.streams import local_ip
 from pfrl.types import TensorMeta, WeightsMeta, decode, encode
 
 HWM = 4  # buckets queued per receiver
@@ -101,7 +101,7 @@ class ZmqWeightReceiver:
         self._sock = zmq.Context.instance().socket(zmq.PULL)
         self._sock.setsockopt(zmq.RCVHWM, HWM)
         self._sock.setsockopt(zmq.LINGER, 0)
-        host = host or local_ip()
+        host = host or node_ip()
         self.addr = f"tcp://{host}:{self._sock.bind_to_random_port(f'tcp://{host}')}"
 
     def _recv(self, timeout_s: float) -> tuple[WeightsMeta, list[zmq.Frame]]:
