@@ -68,7 +68,7 @@ def test_eval_through_vllm(boot_math):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["problems"] == 32
-    for key in ("accuracy", "maj@4", "pass@4"):
+    for key in ("accuracy", "maj@4", "pass@1", "pass@4"):
         assert 0.0 <= result[key] <= 1.0
     assert result["pass@4"] >= result["maj@4"]  # a correct majority implies a correct sample
 
@@ -77,3 +77,37 @@ def test_eval_user_errors(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pfrl.cli", "eval", "--model", str(tmp_path), "--data", "x.jsonl",
                            "--task", "math"], capture_output=True, text=True)
     assert proc.returncode == 2 and "not a Hugging Face model directory" in proc.stderr
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    """1 - C(n-c, k) / C(n, k), checked against brute force over every k-subset."""
+    from itertools import combinations
+    from math import isclose
+
+    from pfrl.evaluation import pass_at_k
+
+    for n, c, k in [(5, 0, 1), (5, 2, 1), (5, 2, 3), (6, 1, 6), (4, 4, 2), (10, 3, 4)]:
+        outcomes = [True] * c + [False] * (n - c)
+        subsets = list(combinations(outcomes, k))
+        assert isclose(pass_at_k(n, c, k), sum(any(s) for s in subsets) / len(subsets)), (n, c, k)
+
+
+def test_evaluate_reports_greedy_maj_and_pass_at_k():
+    from pfrl.evaluation import evaluate
+    from pfrl.types import Problem
+
+    class Judge:
+        def judge(self, problem, completions):
+            return [(c, c == problem.answer) for c in completions]
+
+    problems = [Problem("a", "q1", answer="1"), Problem("b", "q2", answer="2")]
+    samples = {"q1": ["1", "1", "1", "0"], "q2": ["2", "3", "3", "3"]}
+
+    def sample(prompts, n, temperature):
+        return [samples[p][:n] if temperature > 0 else [samples[p][1]] for p in prompts]
+
+    result = evaluate(problems, sample, Judge(), n=4, temperature=1.0, ks=[2])
+    assert result["accuracy"] == 0.5  # greedy: right on q1 only
+    assert result["maj@4"] == 0.5  # q1's majority is right, q2's wrong
+    assert result["pass@1"] == (3 / 4 + 1 / 4) / 2 and result["pass@4"] == 1.0
+    assert result["pass@2"] == (1.0 + (1 - 3 / 6)) / 2  # q2: C(3,2)/C(4,2) of the pairs miss
