@@ -371,7 +371,6 @@ class MetricsSection(Section):
     tensorboard: bool = Field(True, description="Write TensorBoard events under RUN_DIR/tb.")
     port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on this port.")
     wandb_project: str | None = Field(None, description="Log to this wandb project (wandb must be installed).")
-    console: bool = Field(True, description="Live console view.")
     eval_every_steps: int | None = Field(None, ge=1, description="Held-out eval every N steps (also at start and end).")
     eval_prompts: int = Field(128, ge=1, description="Held-out problems used per eval.")
     eval_samples: int = Field(
