@@ -19,7 +19,7 @@ _DPO_KEYS = {"loss": "dpo/loss", "reward_acc": "dpo/reward_acc", "margin": "dpo/
              "logp_chosen": "dpo/logp_chosen", "logp_rejected": "dpo/logp_rejected", "nll": "dpo/nll"}
 
 
-_LABEL_WINDOW = 64  # groups behind label/pair_yield, label/vote_share, label/pass_rate
+_LABEL_WINDOW = 64  # groups behind label/pair_yield, label/vote_share, label/pass_rate, label/agree_gt
 
 
 class RunMeters:
@@ -33,6 +33,8 @@ class RunMeters:
         # (vote share, mean score, pairs) of the most recent groups: a step that saw no new labels
         # still reports the current picture rather than a hole in the series.
         self._recent: deque[tuple[float | None, float, int]] = deque(maxlen=_LABEL_WINDOW)
+        # Agreement of pseudo labels with ground truth, for groups that carry some (see LabelledGroup.agree_gt).
+        self._agree_gt: deque[float] = deque(maxlen=_LABEL_WINDOW)
         self._sync: dict[str, Any] | None = None
         self._lags: list[int] = []
         self._step_start = self._last_step_end = time.time()
@@ -44,6 +46,8 @@ class RunMeters:
         self.label_groups.add(1)
         mean_score = sum(result.scores) / len(result.scores) if result.scores else 0.0
         self._recent.append((result.vote_share, mean_score, len(result.pairs)))
+        if result.agree_gt is not None:
+            self._agree_gt.append(result.agree_gt)
 
     def on_sync(self, stats: dict[str, Any]) -> None:
         self._sync = stats
@@ -60,6 +64,8 @@ class RunMeters:
             out["label/vote_share"] = sum(shares) / len(shares) if shares else 0.0
         else:
             out["label/pass_rate"] = sum(s for _, s, _ in rows) / len(rows)
+        if self._agree_gt:  # absent, not zero, when no record carries ground truth
+            out["label/agree_gt"] = sum(self._agree_gt) / len(self._agree_gt)
         return out
 
     def _learner_stats(self, learner: dict[str, float]) -> dict[str, float]:

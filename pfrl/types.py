@@ -16,7 +16,10 @@ import msgpack
 
 @dataclass(slots=True)
 class Problem:
-    """One record of the JSONL problem schema (math: answer; code: entry_point/test_inputs/test_outputs)."""
+    """One record of the JSONL problem schema. Three kinds of label, never confused: the data set's
+    ground truth (`answer`; `test_outputs` on `test_inputs`), what a frontier model wrote (`reference`:
+    a math solution/answer or a code program; `reference_test_inputs` and, from its program,
+    `reference_test_outputs`), and none at all (self-consistency)."""
 
     id: str
     prompt: str
@@ -25,15 +28,12 @@ class Problem:
     entry_point: str | None = None
     test_inputs: list[str] = field(default_factory=list)
     test_outputs: list[str] = field(default_factory=list)
+    reference_test_inputs: list[str] = field(default_factory=list)
+    reference_test_outputs: list[str] = field(default_factory=list)
     # A data set's own test code (asserts run after the program), kept whole for evaluation only.
     eval_tests: str | None = None
     # The record's prompt before chat-template rendering (None: `prompt` was never rendered).
     raw_prompt: str | None = None
-
-    @property
-    def reference_label(self) -> str | None:
-        """What reference-mode labelling compares against: a solution/answer for math."""
-        return self.reference if self.reference is not None else self.answer
 
 
 @dataclass(slots=True)
@@ -76,6 +76,9 @@ class LabelledGroup:
     vote_share: float | None = None
     pseudo_outputs: list[str | None] | None = None
     label_s: float = 0.0
+    # How far the pseudo label agrees with the record's ground truth, when it has some and the label
+    # did not come from it (math: 1.0 or 0.0; code: share of compared test inputs). Only compared.
+    agree_gt: float | None = None
 
     def __post_init__(self) -> None:
         # msgpack has no tuples: restore (chosen, rejected) index pairs after a round trip.

@@ -1,4 +1,5 @@
-"""Pair strategies: the paper's rules, caps, determinism, and the DPO pair rows."""
+"""Pair strategies: the paper's rules (margins in test-case counts, pass-ratio floors, optional cap),
+determinism, and `build_pairs`, the one path from a labelled group to DPO examples."""
 
 from __future__ import annotations
 
@@ -6,20 +7,27 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pfrl.config import LabellerSection
-from pfrl.feedback.pairs import no_pair_reason, pair_rng, select_pairs, to_preference_pairs
+from pfrl.feedback.pairs import (
+    PairRule,
+    build_pairs,
+    no_pair_reason,
+    pair_rng,
+    select_pairs,
+    to_preference_pairs,
+)
 from pfrl.types import LabelledGroup, Problem, PromptItem, RolloutGroup
 
 binary = st.lists(st.sampled_from([0.0, 1.0]), min_size=1, max_size=12)
-graded = st.lists(st.sampled_from([i / 10 for i in range(11)]), min_size=1, max_size=12)
+counts = st.lists(st.integers(0, 10), min_size=1, max_size=12)
 
 
-def cfg(**kw) -> LabellerSection:
-    return LabellerSection(**kw)
+def rule(strategy: str, max_pairs: int | None = 4, margin: int = 1, floor: float = 0.0) -> PairRule:
+    return PairRule(strategy, max_pairs, margin, floor)
 
 
 @given(binary, st.text(max_size=8))
 def test_one_random_is_one_right_over_one_wrong(scores, pid):
-    pairs = select_pairs(scores, cfg(pair_strategy="one_random"), pair_rng(0, pid))
+    pairs = select_pairs(scores, rule("one_random"), pair_rng(0, pid))
     if 0.0 in scores and 1.0 in scores:
         ((c, r),) = pairs
         assert scores[c] == 1.0 and scores[r] == 0.0
@@ -29,8 +37,7 @@ def test_one_random_is_one_right_over_one_wrong(scores, pid):
 
 @given(binary)
 def test_all_chosen_pairs_every_right_answer_up_to_the_cap(scores):
-    c = cfg(pair_strategy="all_chosen", max_pairs_per_prompt=3)
-    pairs = select_pairs(scores, c, pair_rng(0, "p"))
+    pairs = select_pairs(scores, rule("all_chosen", max_pairs=3), pair_rng(0, "p"))
     right = [i for i, s in enumerate(scores) if s == 1.0]
     if 0.0 in scores and right:
         assert len(pairs) == min(len(right), 3)
@@ -40,26 +47,58 @@ def test_all_chosen_pairs_every_right_answer_up_to_the_cap(scores):
         assert pairs == []
 
 
-@given(graded)
-def test_margin_pairs_respect_threshold_and_margin(scores):
-    c = cfg(pair_strategy="margin", chosen_min_score=0.5, margin=0.4, max_pairs_per_prompt=50)
-    pairs = select_pairs(scores, c, pair_rng(0, "p"))
-    assert all(scores[i] >= 0.5 - 1e-9 and scores[i] - scores[j] >= 0.4 - 1e-9 for i, j in pairs)
-    expected = sum(1 for si in scores if si >= 0.5 - 1e-9 for sj in scores if si - sj >= 0.4 - 1e-9)
-    assert len(pairs) == min(expected, 50)
+@given(counts, st.integers(1, 8), st.sampled_from([0.0, 0.3, 0.5, 1.0]))
+def test_margin_pairs_count_test_cases(passed, margin, floor):
+    """i over j when i passes >= floor of the 10 tests and at least `margin` more than j, as in the
+    official construct_prefer_pair_soft.py; no cap when max_pairs is None."""
+    scores = [p / 10 for p in passed]
+    pairs = select_pairs(scores, rule("margin", None, margin, floor), pair_rng(0, "p"), n_tests=10)
+    expected = [
+        (i, j)
+        for i, pi in enumerate(passed)
+        if pi / 10 >= floor
+        for j, pj in enumerate(passed)
+        if pi - pj >= margin
+    ]
+    assert pairs == expected
 
 
-@given(graded, st.integers(0, 5), st.text(max_size=6))
+def test_margin_is_a_count_not_a_share():
+    # 6 of 10 over 0 of 10 is a margin of 6 tests; with only 5 kept tests no margin of 6 is possible.
+    assert select_pairs([0.6, 0.0], rule("margin", None, 6, 0.5), pair_rng(0, "p"), n_tests=10) == [(0, 1)]
+    assert select_pairs([1.0, 0.0], rule("margin", None, 6, 0.5), pair_rng(0, "p"), n_tests=5) == []
+    # the floor is on the chosen side only: 4 of 10 is below 0.5 however weak the rejected one is
+    assert select_pairs([0.4, 0.0], rule("margin", None, 1, 0.5), pair_rng(0, "p"), n_tests=10) == []
+
+
+def test_the_pair_cap_can_be_switched_off():
+    scores = [1.0] * 6 + [0.0] * 6
+    capped = select_pairs(scores, rule("margin", 4, 1, 0.5), pair_rng(0, "p"), n_tests=10)
+    free = select_pairs(scores, rule("margin", None, 1, 0.5), pair_rng(0, "p"), n_tests=10)
+    assert len(capped) == 4 and len(free) == 36
+
+
+def test_rules_come_from_the_source():
+    cfg = LabellerSection.model_validate(
+        {"margin": {"self_consistency": 6, "reference": 4}, "min_pass_ratio": {"reference": 0.3},
+         "max_pairs_per_prompt": None}
+    )
+    assert PairRule.of(cfg, "margin", "self_consistency") == PairRule("margin", None, 6, 0.5)
+    assert PairRule.of(cfg, "margin", "reference") == PairRule("margin", None, 4, 0.3)
+    assert PairRule.of(cfg, "margin", "ground_truth") == PairRule("margin", None, 1, 1.0)
+
+
+@given(st.lists(st.sampled_from([i / 10 for i in range(11)]), min_size=1, max_size=12), st.integers(0, 5),
+       st.text(max_size=6))
 def test_pairing_is_deterministic_per_seed_and_prompt(scores, seed, pid):
     for strategy in ("one_random", "all_chosen", "margin"):
-        c = cfg(pair_strategy=strategy, margin=0.3, max_pairs_per_prompt=2)
-        assert select_pairs(scores, c, pair_rng(seed, pid)) == select_pairs(scores, c, pair_rng(seed, pid))
+        r = rule(strategy, 2, 3, 0.5)
+        assert select_pairs(scores, r, pair_rng(seed, pid), 10) == select_pairs(scores, r, pair_rng(seed, pid), 10)
 
 
 def test_different_prompts_draw_differently():
     scores = [1.0] * 5 + [0.0] * 5
-    c = cfg(pair_strategy="one_random")
-    draws = {tuple(select_pairs(scores, c, pair_rng(0, f"p{i}"))) for i in range(30)}
+    draws = {tuple(select_pairs(scores, rule("one_random"), pair_rng(0, f"p{i}"))) for i in range(30)}
     assert len(draws) > 5
 
 
@@ -69,12 +108,27 @@ def test_no_pair_reasons():
     assert no_pair_reason([0.5, 0.4]) == "no_pairs"
 
 
-def test_preference_pairs_carry_texts_and_versions():
+def _group() -> tuple[RolloutGroup, LabelledGroup]:
     problem = Problem(id="p1", prompt="Q?")
-    group = RolloutGroup(
-        PromptItem(problem, iteration=2), ["good", "bad", "meh"], [], [], 0, 0, policy_version=7
-    )
-    labelled = LabelledGroup("p1", 2, 7, "4", [1.0, 0.0, 0.0], [(0, 1), (0, 2)])
+    completions = ["2 + 2 = 4.\nThen 4 * 3 = 12.\nSo 12.", "2 + 2 = 4.\nThen 4 * 3 = 13.\nSo 13.", "meh"]
+    group = RolloutGroup(PromptItem(problem, iteration=2), completions, [], [], 0, 0, policy_version=7)
+    return group, LabelledGroup("p1", 2, 7, "4", [1.0, 0.0, 0.0], [(0, 1), (0, 2)])
+
+
+def test_preference_pairs_carry_texts_and_versions():
+    group, labelled = _group()
     pairs = to_preference_pairs(group, labelled)
-    assert [(p.chosen, p.rejected) for p in pairs] == [("good", "bad"), ("good", "meh")]
+    assert [(p.chosen, p.rejected) for p in pairs] == [(group.completions[0], group.completions[1]),
+                                                        (group.completions[0], "meh")]
     assert all(p.prompt == "Q?" and p.policy_version == 7 and p.iteration == 2 for p in pairs)
+
+
+def test_build_pairs_applies_the_pair_settings():
+    group, labelled = _group()
+    whole = build_pairs(group, labelled, LabellerSection(pair_focus="whole"))
+    focused = build_pairs(group, labelled, LabellerSection(pair_focus="first_error"))
+    assert whole == to_preference_pairs(group, labelled)
+    assert focused[0].prompt == "Q?2 + 2 = 4.\n" and focused[0].rejected == "Then 4 * 3 = 13.\n"
+    assert focused[0].rejected_complete is False
+    labelled.skipped = "low_vote_share"
+    assert build_pairs(group, labelled, LabellerSection()) == []

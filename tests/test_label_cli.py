@@ -28,9 +28,10 @@ def math_rollouts(tmp_path) -> tuple[Path, list]:
     problems = synthetic_math.generate(12, seed=21)
     rows = []
     for i, (p, sol) in enumerate(problems):
-        row = {"id": p.id, "prompt": p.prompt, "completions": [sol, wrong_math(sol), sol, "no idea"]}
+        row = {"id": p.id, "prompt": p.prompt, "completions": [sol, wrong_math(sol), sol, "no idea", sol],
+               "answer": p.answer}  # ground truth: compared, never the label under auto
         if i % 2 == 0:
-            row["answer"] = p.answer  # half reference, half self-consistency under --mode auto
+            row["reference"] = p.answer  # half frontier reference, half self-consistency under auto
         rows.append(row)
     bad = ['{"id": "x", "prompt": "Q", "completions": "not a list"}', "{broken json"]
     return write_jsonl(tmp_path / "math.jsonl", rows, bad), problems
@@ -60,17 +61,50 @@ def test_label_math_end_to_end(math_rollouts, tmp_path, capsys):
     for row, (problem, _) in zip(rows, problems, strict=True):
         assert (
             row["label"] == problem.answer
-            and row["scores"] == [1.0, 0.0, 1.0, 0.0]
+            and row["scores"] == [1.0, 0.0, 1.0, 0.0, 1.0]
             and row["skipped"] is None
+            and row["agree_gt"] == 1.0
         )
         assert len(row["pairs"]) == 1 and row["scores"][row["pairs"][0][0]] == 1.0
-    assert "vote_share" in rows[1] and "vote_share" not in rows[0]
+    assert rows[1]["vote_share"] == 0.6 and "vote_share" not in rows[0]
     pair_rows = read_jsonl(pairs)
     assert len(pair_rows) == len(rows)
     assert set(pair_rows[0]) == {"prompt", "chosen", "rejected", "id"}
     assert pair_rows[0]["prompt"] == problems[0][0].prompt and pair_rows[0]["chosen"] == problems[0][1]
     assert "line 13" in captured.err and "line 14" in captured.err
     assert "groups 12" in captured.out and "pairs 12" in captured.out and "bad lines 2" in captured.out
+    assert "agreeing with ground truth 1.000 (12 groups)" in captured.out
+
+
+def test_label_pairs_follow_the_pair_settings(math_rollouts, tmp_path):
+    """--pairs-out goes through build_pairs, as training does: here pair_focus=first_error."""
+    path, problems = math_rollouts
+    out, pairs = tmp_path / "out.jsonl", tmp_path / "pairs.jsonl"
+    args = ["label", "--task", "math", "--rollouts", str(path), "--out", str(out), "--pairs-out", str(pairs),
+            "--no-progress", "--set", "labeller.pair_focus=first_error"]
+    assert main(args) == 0
+    rows = read_jsonl(pairs)
+    assert len(rows) == 12
+    prompts = {p.id: p.prompt for p, _ in problems}
+    focused = [r for r in rows if "boxed" in r["rejected"]]  # the rejected one is the wrong final step
+    assert focused
+    for r in focused:  # the shared steps moved into the prompt; both sides are the last step only
+        assert r["prompt"].startswith(prompts[r["id"]]) and r["prompt"].endswith(". ")
+        assert r["chosen"].startswith("The answer is") and r["rejected"].startswith("The answer is")
+    assert all(r["prompt"] == prompts[r["id"]] for r in rows if r["rejected"] == "no idea")
+
+
+def test_label_source_ground_truth_only_by_name(tmp_path):
+    problems = synthetic_math.generate(4, seed=5)
+    # Every group votes for a wrong answer: self-consistency follows it, ground truth does not.
+    rows = [{"id": p.id, "prompt": p.prompt, "answer": p.answer,
+             "completions": [wrong_math(sol)] * 3 + [sol]} for p, sol in problems]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    for source, scores in (("auto", [1.0, 1.0, 1.0, 0.0]), ("ground_truth", [0.0, 0.0, 0.0, 1.0])):
+        out = tmp_path / f"{source}.jsonl"
+        assert main(["label", "--task", "math", "--rollouts", str(path), "--out", str(out), "--no-progress",
+                     "--source", source]) == 0
+        assert all(r["scores"] == scores for r in read_jsonl(out)), source
 
 
 def test_label_strict_stops_at_a_bad_line(math_rollouts, tmp_path, capsys):
@@ -125,8 +159,9 @@ def test_label_code_end_to_end_reference_and_self_consistency(tmp_path, capsys):
             "test_inputs": p.test_inputs,
             "completions": [sol, broken, f"```python\n{hopeless}```", sol],
         }
-        if i % 2 == 0:
-            row["test_outputs"] = p.test_outputs
+        row["test_outputs"] = p.test_outputs  # ground truth: only compared
+        if i % 2 == 0:  # frontier tests (here the same inputs, outputs from a correct program)
+            row["reference_test_inputs"], row["reference_test_outputs"] = p.test_inputs, p.test_outputs
         rows.append(row)
     path = write_jsonl(tmp_path / "code.jsonl", rows)
     out, pairs = tmp_path / "out.jsonl", tmp_path / "pairs.jsonl"
@@ -149,14 +184,16 @@ def test_label_code_end_to_end_reference_and_self_consistency(tmp_path, capsys):
             "--set",
             "labeller.pair_strategy=margin",
             "--set",
-            "labeller.margin=0.6",
+            "labeller.min_successful_programs=2",
+            "--set",
+            "labeller.margin.self_consistency=3",
         ]
     )
     assert code == 0
     labelled = read_jsonl(out)
     for row, (problem, _) in zip(labelled, problems, strict=True):
         assert row["skipped"] is None and row["pseudo_outputs"] == problem.test_outputs
-        assert row["scores"] == [1.0, 0.0, 0.0, 1.0]
+        assert row["scores"] == [1.0, 0.0, 0.0, 1.0] and row["agree_gt"] == 1.0
         assert row["pairs"] and all(c in (0, 3) and r in (1, 2) for c, r in row["pairs"])
     assert len(read_jsonl(pairs)) == sum(len(r["pairs"]) for r in labelled)
     assert "mean score" in capsys.readouterr().out

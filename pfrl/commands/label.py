@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="Output JSONL: one labelled row per input group.")
     parser.add_argument("--pairs-out", help="Also write DPO pairs {prompt, chosen, rejected, id} here.")
     parser.add_argument(
-        "--mode", choices=["auto", "reference", "self-consistency"], help="Override labeller.mode."
+        "--source",
+        choices=["auto", "self_consistency", "reference", "ground_truth"],
+        help="Label source for every group (replaces labeller.source and labeller.schedule).",
     )
     parser.add_argument(
         "--workers", type=int, help="Override labeller.sandbox.workers (programs run at once)."
@@ -54,6 +56,7 @@ class Summary:
     skipped: Counter = field(default_factory=Counter)
     shares: list[float] = field(default_factory=list)
     mean_scores: list[float] = field(default_factory=list)
+    agree_gt: list[float] = field(default_factory=list)
 
     def add(self, labelled) -> None:
         self.groups += 1
@@ -66,6 +69,8 @@ class Summary:
             self.shares.append(labelled.vote_share)
         if labelled.scores:
             self.mean_scores.append(sum(labelled.scores) / len(labelled.scores))
+        if labelled.agree_gt is not None:
+            self.agree_gt.append(labelled.agree_gt)
 
     def lines(self, elapsed_s: float) -> list[str]:
         skipped = ", ".join(f"{k} {v}" for k, v in self.skipped.most_common()) or "none"
@@ -79,6 +84,11 @@ class Summary:
             out.append(
                 f"mean score (right answers / pass rate) {sum(self.mean_scores) / len(self.mean_scores):.3f}"
             )
+        if self.agree_gt:
+            out.append(
+                f"pseudo labels agreeing with ground truth {sum(self.agree_gt) / len(self.agree_gt):.3f} "
+                f"({len(self.agree_gt)} groups)"
+            )
         out.append(f"{elapsed_s:.1f}s, {self.groups / max(elapsed_s, 1e-9):.2f} groups/s")
         return out
 
@@ -89,8 +99,9 @@ def _config(args: argparse.Namespace):
     overrides = list(args.set)
     if args.task:
         overrides.insert(0, f"run.task={args.task}")
-    if args.mode:
-        overrides.append(f"labeller.mode={args.mode}")
+    if args.source:
+        # Records in a file have no iteration: one source for all, whatever the config's schedule says.
+        overrides += [f"labeller.source={args.source}", "labeller.schedule=null"]
     if args.workers is not None:
         overrides.append(f"labeller.sandbox.workers={args.workers}")
     return load_config(args.config, overrides)
@@ -167,7 +178,7 @@ def _label_file(args, cfg, task: str, out_fh, pairs_fh, summary: Summary, consol
             for group, labelled in zip(batch, labeller.label_many(batch), strict=True):
                 summary.add(labelled)
                 out_fh.write(json.dumps(labelled_row(labelled), ensure_ascii=False) + "\n")
-                for row in pair_rows(group, labelled) if pairs_fh else []:
+                for row in pair_rows(group, labelled, cfg.labeller) if pairs_fh else []:
                     pairs_fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             progress.update(bar, completed=summary.groups + summary.bad_lines)
 

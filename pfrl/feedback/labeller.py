@@ -1,8 +1,12 @@
 """The labeller: rollout groups in, labelled groups (scores, pseudo label, pairs) out.
 
 It owns the long-lived resources of one task: the math-verify judge (math) or the sandbox pool
-(code). `label_many` is the batch entry point the Ray actor and `pfrl label` use; a failure inside
-one batch is logged and becomes `skipped="error: ..."` on its groups, so the labeller keeps serving.
+(code), and the user's scorer when one is configured. Each group is labelled from the source and pair
+rule of its iteration (`labeller.schedule`, or `labeller.source` / `pair_strategy` for every
+iteration); `auto` resolves per record to the frontier reference when it has one, else
+self-consistency, and never to ground truth. `label_many` is the batch entry point the Ray actor and
+`pfrl label` use; a failure inside one batch is logged and becomes `skipped="error: ..."` on its
+groups, so the labeller keeps serving.
 """
 
 from __future__ import annotations
@@ -14,11 +18,21 @@ from typing import Literal
 from pfrl.config import LabellerSection
 from pfrl.feedback import code_label, math_label
 from pfrl.feedback.answers import AnswerJudge
+from pfrl.feedback.pairs import PairRule
 from pfrl.feedback.sandbox import Sandbox
+from pfrl.feedback.scorer import load_scorer
 from pfrl.types import LabelledGroup, Problem, RolloutGroup
 
 log = logging.getLogger(__name__)
 Task = Literal["math", "code"]
+
+
+def resolve_source(task: Task, source: str, problem: Problem) -> str:
+    """auto -> reference when the record carries a frontier reference, else self_consistency."""
+    if source != "auto":
+        return source
+    has_ref = math_label.has_reference if task == "math" else code_label.has_reference
+    return "reference" if has_ref(problem) else "self_consistency"
 
 
 class Labeller:
@@ -26,15 +40,17 @@ class Labeller:
         if task not in ("math", "code"):
             raise ValueError(f"unknown task {task!r}")
         self.task, self.cfg, self.seed = task, cfg, seed
+        self.scorer = load_scorer(cfg.scorer) if cfg.scorer else None
+        # The judge also runs the majority vote, so math keeps it with a user scorer; code does not
+        # need the sandbox when the user's runner replaces it.
         self.judge = AnswerJudge(cfg.verify_timeout_s) if task == "math" else None
-        self.sandbox = Sandbox(cfg.sandbox) if task == "code" else None
+        self.sandbox = Sandbox(cfg.sandbox) if task == "code" and self.scorer is None else None
 
-    def mode_for(self, problem: Problem) -> str:
-        """auto: the record's reference when it has one, self-consistency otherwise."""
-        if self.cfg.mode != "auto":
-            return self.cfg.mode
-        has_ref = math_label.has_reference if self.task == "math" else code_label.has_reference
-        return "reference" if has_ref(problem) else "self-consistency"
+    def plan_for(self, group: RolloutGroup) -> tuple[str, PairRule]:
+        """The resolved source of one group and the pair rule it is paired under."""
+        plan = self.cfg.plan(group.item.iteration)
+        source = resolve_source(self.task, plan.source, group.item.problem)
+        return source, PairRule.of(self.cfg, plan.pair_strategy, source)
 
     def label(self, group: RolloutGroup) -> LabelledGroup:
         return self.label_many([group])[0]
@@ -53,14 +69,18 @@ class Labeller:
 
     def _label_math(self, group: RolloutGroup) -> LabelledGroup:
         assert self.judge is not None
-        return math_label.label_math(
-            group, self.mode_for(group.item.problem), self.judge, self.cfg, self.seed
-        )
+        source, rule = self.plan_for(group)
+        return math_label.label_math(group, source, rule, self.judge, self.cfg, self.seed, self.scorer)
+
+    def _runner(self) -> code_label.Runner:
+        if self.scorer is not None:
+            return self.scorer
+        assert self.sandbox is not None
+        return self.sandbox.run_many
 
     def _label_code(self, groups: list[RolloutGroup]) -> list[LabelledGroup]:
-        assert self.sandbox is not None
-        modes = [self.mode_for(g.item.problem) for g in groups]
-        return code_label.label_code_many(groups, modes, self.sandbox, self.cfg, self.seed)
+        plans = [self.plan_for(g) for g in groups]
+        return code_label.label_code_many(groups, plans, self._runner(), self.cfg, self.seed)
 
     @staticmethod
     def _failed(group: RolloutGroup, error: Exception) -> LabelledGroup:

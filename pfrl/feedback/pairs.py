@@ -1,22 +1,43 @@
-"""Chosen/rejected pairs from per-sample scores (the paper's strategies), seeded per prompt.
+"""Chosen/rejected pairs from per-sample scores (the paper's strategies), seeded per prompt, and
+`build_pairs`, the one way a labelled group becomes DPO examples (`pfrl train` and `pfrl label`).
 
 one_random   one random chosen x one random rejected (the paper's first round)
 all_chosen   every chosen sample with one random rejected (later rounds)
-margin       code: i over j when score(i) >= chosen_min_score and score(i) - score(j) >= margin
+margin       code: program i over program j when i passes at least `min_pass_ratio` of the kept test
+             cases and at least `margin_tests` more of them than j (counts, as in the official code:
+             PFPO/scripts/apps/pseudo_test_cases/oss_combine_collect_pseudo_outputs_mp.py and
+             PFPO/scripts/apps/construct_prefer_pair_soft.py of microsoft/unilm)
 
 For one_random / all_chosen a sample is chosen when its score is 1 (right answer, all tests passed)
 and rejected otherwise. Groups that are all right or all wrong give no pairs. Every strategy is
-capped at `max_pairs_per_prompt`.
+capped at `max_pairs` (a seeded sample) unless that is None.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 from pfrl.config import LabellerSection
+from pfrl.feedback.steps import focus_on_first_error
 from pfrl.types import LabelledGroup, PreferencePair, RolloutGroup, SampledIds
 
 _EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class PairRule:
+    """How one group's pairs are drawn: the iteration's strategy and its source's margin and floor."""
+
+    strategy: str
+    max_pairs: int | None
+    margin_tests: int = 1
+    min_pass_ratio: float = 0.0
+
+    @classmethod
+    def of(cls, cfg: LabellerSection, strategy: str, source: str) -> PairRule:
+        """`source` resolved (not auto): it picks the margin and the pass-ratio floor."""
+        return cls(strategy, cfg.max_pairs_per_prompt, getattr(cfg.margin, source), getattr(cfg.min_pass_ratio, source))
 
 
 def pair_rng(seed: int, prompt_id: str) -> random.Random:
@@ -34,24 +55,30 @@ def _binary_pairs(scores: list[float], strategy: str, rng: random.Random) -> lis
     return [(c, rng.choice(rejected)) for c in chosen]
 
 
-def _margin_pairs(scores: list[float], cfg: LabellerSection) -> list[tuple[int, int]]:
+def _margin_pairs(scores: list[float], rule: PairRule, n_tests: int) -> list[tuple[int, int]]:
+    passed = [round(s * n_tests) for s in scores]  # scores are passed / n_tests: back to counts
     return [
         (i, j)
-        for i, si in enumerate(scores)
-        if si >= cfg.chosen_min_score - _EPS
-        for j, sj in enumerate(scores)
-        if si - sj >= cfg.margin - _EPS
+        for i, pi in enumerate(passed)
+        if pi >= rule.min_pass_ratio * n_tests - _EPS
+        for j, pj in enumerate(passed)
+        if pi - pj >= rule.margin_tests
     ]
 
 
-def select_pairs(scores: list[float], cfg: LabellerSection, rng: random.Random) -> list[tuple[int, int]]:
-    """(chosen index, rejected index) pairs for one group under `cfg.pair_strategy`."""
-    if cfg.pair_strategy == "margin":
-        pairs = _margin_pairs(scores, cfg)
+def select_pairs(
+    scores: list[float], rule: PairRule, rng: random.Random, n_tests: int | None = None
+) -> list[tuple[int, int]]:
+    """(chosen index, rejected index) pairs for one group. `n_tests`: the kept test cases the code
+    scores are fractions of (margin pairs need it)."""
+    if rule.strategy == "margin":
+        if n_tests is None:
+            raise ValueError("margin pairs need the number of test cases")
+        pairs = _margin_pairs(scores, rule, n_tests)
     else:
-        pairs = _binary_pairs(scores, cfg.pair_strategy, rng)
-    if len(pairs) > cfg.max_pairs_per_prompt:
-        pairs = sorted(rng.sample(pairs, cfg.max_pairs_per_prompt))
+        pairs = _binary_pairs(scores, rule.strategy, rng)
+    if rule.max_pairs is not None and len(pairs) > rule.max_pairs:
+        pairs = sorted(rng.sample(pairs, rule.max_pairs))
     return pairs
 
 
@@ -65,7 +92,7 @@ def no_pair_reason(scores: list[float]) -> str:
 
 
 def to_preference_pairs(group: RolloutGroup, labelled: LabelledGroup) -> list[PreferencePair]:
-    """DPO examples for a labelled group, tagged with the policy version that sampled it."""
+    """DPO examples for a labelled group's index pairs, tagged with the policy version that sampled it."""
     prompt = group.item.problem.prompt
     return [
         PreferencePair(
@@ -87,3 +114,14 @@ def sampled_ids(group: RolloutGroup, chosen: int, rejected: int) -> SampledIds |
     if not group.prompt_token_ids or not group.token_ids:
         return None
     return SampledIds(list(group.prompt_token_ids), list(group.token_ids[chosen]), list(group.token_ids[rejected]))
+
+
+def build_pairs(group: RolloutGroup, result: LabelledGroup, cfg: LabellerSection) -> list[PreferencePair]:
+    """The DPO examples of one labelled group under the labeller's pair settings: none for a skipped
+    group, else its index pairs as texts, reshaped by `pair_focus`."""
+    if result.skipped is not None:
+        return []
+    pairs = to_preference_pairs(group, result)
+    if cfg.pair_focus == "first_error":
+        pairs = [focus_on_first_error(p) for p in pairs]
+    return pairs

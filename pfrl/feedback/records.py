@@ -1,17 +1,21 @@
 """JSONL rows of `pfrl label`: rollout records in, labelled rows and DPO pair rows out.
 
 Input, one group per line:
-    {"id", "prompt", "completions": [str], "reference"?, "answer"?, "entry_point"?, "test_inputs"?, "test_outputs"?}
+    {"id", "prompt", "completions": [str], "reference"?, "answer"?, "entry_point"?, "test_inputs"?,
+     "test_outputs"?, "reference_test_inputs"?, "reference_test_outputs"?}
 Output, one row per input group:
-    {"id", "label", "vote_share"?, "pseudo_outputs"?, "scores", "pairs": [[chosen, rejected]], "skipped"}
-Pairs: {"prompt", "chosen", "rejected", "id"}, the format DPO trainers read.
+    {"id", "label", "vote_share"?, "pseudo_outputs"?, "agree_gt"?, "scores", "pairs": [[chosen, rejected]],
+     "skipped"}
+Pairs: {"prompt", "chosen", "rejected", "id"}, the format DPO trainers read, built by `build_pairs`
+(the same pair settings as `pfrl train`; a step-focused pair adds "rejected_complete": false).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pfrl.feedback.pairs import to_preference_pairs
+from pfrl.config import LabellerSection
+from pfrl.feedback.pairs import build_pairs
 from pfrl.tasks.io import parse_problem
 from pfrl.types import LabelledGroup, PromptItem, RolloutGroup
 
@@ -41,14 +45,19 @@ def labelled_row(labelled: LabelledGroup) -> dict[str, Any]:
         row["vote_share"] = round(labelled.vote_share, 6)
     if labelled.pseudo_outputs is not None:
         row["pseudo_outputs"] = labelled.pseudo_outputs
+    if labelled.agree_gt is not None:
+        row["agree_gt"] = round(labelled.agree_gt, 6)
     row["scores"] = [round(s, 6) for s in labelled.scores]
     row["pairs"] = [[c, r] for c, r in labelled.pairs]
     row["skipped"] = labelled.skipped
     return row
 
 
-def pair_rows(group: RolloutGroup, labelled: LabelledGroup) -> list[dict[str, Any]]:
-    return [
-        {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "id": p.prompt_id}
-        for p in to_preference_pairs(group, labelled)
-    ]
+def pair_rows(group: RolloutGroup, labelled: LabelledGroup, cfg: LabellerSection) -> list[dict[str, Any]]:
+    rows = []
+    for p in build_pairs(group, labelled, cfg):
+        row: dict[str, Any] = {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "id": p.prompt_id}
+        if not p.rejected_complete:
+            row["rejected_complete"] = False
+        rows.append(row)
+    return rows

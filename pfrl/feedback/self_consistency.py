@@ -3,9 +3,11 @@
 Math: the label is the most common final answer; empty answers do not vote, equivalent answers vote
 together, and the vote share is taken over ALL samples (ten samples with one stated answer do not
 make a 100% consensus). Code (multi-test-case self-consistency): every program runs on every input;
-per input, the most common output among the programs that ran successfully is the pseudo expected
-output, and an input is dropped unless at least `min_success_frac` of all programs ran on it.
-Ties go to the answer/output seen first, so labels are deterministic.
+per input, the most common output among the programs that ran successfully AND printed something is
+the pseudo expected output, and an input is dropped unless at least `min_successful` programs voted
+(an absolute count, the paper's 5). Ties go to the answer/output seen first, so labels are
+deterministic. The code rules follow the official worker in
+PFPO/scripts/apps/pseudo_test_cases/oss_combine_collect_pseudo_outputs_mp.py (microsoft/unilm).
 """
 
 from __future__ import annotations
@@ -48,34 +50,25 @@ def majority_answer(answers: list[str | None], equal: Callable[[str, str], bool]
 
 
 def pseudo_outputs(
-    results: list[list[TestResult]], function_call: bool, min_success_frac: float
+    results: list[list[TestResult]], function_call: bool, min_successful: int
 ) -> list[str | None]:
-    """Per test input, the majority normalised output of the programs that ran (None: input dropped).
-    `results[p][t]` is program p on input t."""
+    """Per test input, the majority normalised output of the programs that ran and printed something
+    (None: input dropped, fewer than `min_successful` such programs). `results[p][t]` is program p
+    on input t."""
     if not results:
         return []
-    n_programs, n_inputs = len(results), len(results[0])
     labels: list[str | None] = []
-    for t in range(n_inputs):
-        ran = [normalize_output(r[t].output, function_call) for r in results if r[t].status.ran]
-        if not ran or len(ran) / n_programs < min_success_frac:
-            labels.append(None)
-        else:
-            labels.append(Counter(ran).most_common(1)[0][0])
+    for t in range(len(results[0])):
+        votes = [normalize_output(r[t].output, function_call) for r in results if r[t].status.ran]
+        votes = [v for v in votes if v]  # an empty output says nothing about the expected one
+        labels.append(Counter(votes).most_common(1)[0][0] if len(votes) >= min_successful else None)
     return labels
 
 
-def match_scores(
-    results: list[list[TestResult]], labels: list[str | None], function_call: bool
-) -> list[float]:
-    """Per program, the fraction of kept inputs (label not None) whose output equals the label."""
+def match_counts(results: list[list[TestResult]], labels: list[str | None], function_call: bool) -> list[int]:
+    """Per program, how many kept inputs (label not None) it ran on with an output equal to the label."""
     kept = [t for t, label in enumerate(labels) if label is not None]
-    if not kept:
-        return [0.0] * len(results)
-    scores = []
-    for r in results:
-        hits = sum(
-            r[t].status.ran and normalize_output(r[t].output, function_call) == labels[t] for t in kept
-        )
-        scores.append(hits / len(kept))
-    return scores
+    return [
+        sum(r[t].status.ran and normalize_output(r[t].output, function_call) == labels[t] for t in kept)
+        for r in results
+    ]

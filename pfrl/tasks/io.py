@@ -49,6 +49,8 @@ def parse_problem(obj: Any) -> Problem:
         entry_point=obj.get("entry_point") or None,
         test_inputs=_as_str_list(obj.get("test_inputs"), "test_inputs"),
         test_outputs=_as_str_list(obj.get("test_outputs"), "test_outputs"),
+        reference_test_inputs=_as_str_list(obj.get("reference_test_inputs"), "reference_test_inputs"),
+        reference_test_outputs=_as_str_list(obj.get("reference_test_outputs"), "reference_test_outputs"),
     )
 
 
@@ -114,10 +116,9 @@ def problem_to_dict(problem: Problem) -> dict[str, Any]:
     for key in ("answer", "reference", "entry_point"):
         if getattr(problem, key) is not None:
             out[key] = getattr(problem, key)
-    if problem.test_inputs:
-        out["test_inputs"] = problem.test_inputs
-    if problem.test_outputs:
-        out["test_outputs"] = problem.test_outputs
+    for key in ("test_inputs", "test_outputs", "reference_test_inputs", "reference_test_outputs"):
+        if getattr(problem, key):
+            out[key] = getattr(problem, key)
     return out
 
 

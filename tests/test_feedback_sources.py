@@ -1,0 +1,141 @@
+"""Label sources and their configuration: the schedule, the renamed keys, the user's scorer, and
+`label/agree_gt` in the run's metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pfrl.config import ConfigError, LabellerSection, load_config
+from pfrl.feedback.labeller import Labeller, resolve_source
+from pfrl.feedback.sandbox import SandboxJob, TestResult, TestStatus
+from pfrl.run_meters import RunMeters
+from pfrl.types import LabelledGroup, Problem, PromptItem, RolloutGroup
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SCHEDULE = "labeller.schedule=[{source: reference, pair_strategy: one_random}, " \
+           "{source: self_consistency, pair_strategy: all_chosen}]"
+
+
+def group(problem: Problem, completions: list[str], iteration: int = 0) -> RolloutGroup:
+    return RolloutGroup(PromptItem(problem, iteration), completions, [], [], 0, 0, 0)
+
+
+# -- sources and schedule ---------------------------------------------------------------------------
+def test_auto_resolves_to_frontier_references_only():
+    gt_only = Problem(id="a", prompt="Q", answer="3", test_inputs=["[1]"], test_outputs=["2"])
+    assert resolve_source("math", "auto", gt_only) == "self_consistency"
+    assert resolve_source("code", "auto", gt_only) == "self_consistency"
+    assert resolve_source("math", "auto", Problem(id="b", prompt="Q", reference="3")) == "reference"
+    written = Problem(id="c", prompt="Q", reference_test_inputs=["[1]"], reference_test_outputs=["2"])
+    assert resolve_source("code", "auto", written) == "reference"
+    assert resolve_source("code", "ground_truth", written) == "ground_truth"  # only by name
+
+
+def test_schedule_entries_apply_per_iteration_and_the_last_one_after():
+    cfg = load_config(None, [SCHEDULE]).labeller
+    assert [(p.source, p.pair_strategy) for p in (cfg.plan(i) for i in range(4))] == [
+        ("reference", "one_random"), *[("self_consistency", "all_chosen")] * 3
+    ]
+    plain = LabellerSection(source="self_consistency", pair_strategy="all_chosen")
+    assert plain.plan(0) == plain.plan(7) == cfg.plan(1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["labeller.mode=auto"], "labeller.mode was replaced by labeller.source"),
+        (["labeller.source=self-consistency"], "spelled self_consistency"),
+        (["labeller.min_success_frac=0.5"], "labeller.min_successful_programs"),
+        (["labeller.chosen_min_score=0.5"], "labeller.min_pass_ratio"),
+        (["labeller.margin=0.6"], "count of test cases per source"),
+        ([SCHEDULE, "labeller.source=reference"], "drop labeller.source"),
+        (["labeller.schedule=[]"], "at least one entry"),
+        (["labeller.schedule=[{source: reference}]"], "labeller.schedule.0.pair_strategy"),
+        (["run.task=math", "labeller.schedule=[{source: reference, pair_strategy: margin}]"],
+         "margin applies to run.task=code"),
+        (["run.task=code", "generator.n_samples=4", "labeller.min_successful_programs=5"],
+         "above generator.n_samples"),
+        (["labeller.scorer=no_such_module_here:check"], "cannot import no_such_module_here"),
+        (["labeller.scorer=scorers"], "expected package.module:function"),
+        (["labeller.scorer=scorers:nope"], "scorers has no function nope"),
+    ],
+)
+def test_config_errors_are_one_line_and_name_the_fix(overrides, message, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_pair_cap_switches_off_with_null():
+    assert load_config(None, ["labeller.max_pairs_per_prompt=null"]).labeller.max_pairs_per_prompt is None
+
+
+def test_shipped_configs_never_train_on_ground_truth():
+    for path in sorted(Path("configs").glob("*.yaml")):
+        plans = load_config(path).labeller.plans()
+        assert all(p.source != "ground_truth" for p in plans), path
+    for tiny in ("configs/tiny-math.yaml", "configs/tiny-code.yaml"):
+        assert [p.source for p in load_config(tiny).labeller.plans()] == ["self_consistency"]
+
+
+# -- the user's scorer ------------------------------------------------------------------------------
+def test_math_scorer_replaces_the_answer_check(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    problem = Problem(id="m", prompt="Q", reference="The answer is \\boxed{9.81}")
+    completions = ["g is about 9.8", "roughly 9.79 then", "it is 10.5", "no idea"]
+    with Labeller("math", LabellerSection(source="reference"), seed=0) as builtin:
+        assert builtin.label(group(problem, completions)).scores == [0.0, 0.0, 0.0, 0.0]
+    cfg = load_config(None, ["labeller.source=reference", "labeller.scorer=scorers:within_one_percent"]).labeller
+    with Labeller("math", cfg, seed=0) as lab:
+        out = lab.label(group(problem, completions))
+    assert out.label == "9.81" and out.scores == [1.0, 1.0, 0.0, 0.0] and out.pairs
+
+
+_CALLS: list[list[SandboxJob]] = []
+
+
+def fake_runner(jobs: list[SandboxJob]) -> list[list[TestResult]]:
+    """A runner that 'runs' a program by reading the answer it states in a comment."""
+    _CALLS.append(jobs)
+    return [[TestResult(TestStatus.OK, (job.program or "").split("# prints ")[-1].strip()) for _ in job.test_inputs]
+            for job in jobs]
+
+
+def test_code_scorer_replaces_the_sandbox(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "fake_runner_mod", __import__(__name__))
+    cfg = LabellerSection.model_validate({
+        "scorer": "fake_runner_mod:fake_runner", "source": "self_consistency", "pair_strategy": "margin",
+        "min_successful_programs": 2, "margin": {"self_consistency": 2},
+    })
+    problem = Problem(id="c", prompt="Q", entry_point="f", test_inputs=["[1]", "[2]"], test_outputs=["7", "7"])
+    completions = [f"```python\n# prints {v}\n```" for v in ("7", "7", "8")]
+    _CALLS.clear()
+    with Labeller("code", cfg, seed=0) as lab:
+        assert lab.sandbox is None
+        out = lab.label(group(problem, completions))
+    assert [job.test_inputs for job in _CALLS[0]] == [["[1]", "[2]"]] * 3
+    assert out.pseudo_outputs == ["7", "7"] and out.scores == [1.0, 1.0, 0.0] and out.agree_gt == 1.0
+    assert out.pairs == [(0, 2), (1, 2)]
+
+
+def test_example_code_runner_runs_programs(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    import scorers
+
+    (results,) = scorers.run_patiently([SandboxJob("def f(x):\n    return x * 2\n", ["[3]"], "f")])
+    scorers._patient_sandbox().close()
+    assert results[0].status.ran and results[0].output.strip() == "6"
+
+
+# -- label/agree_gt ---------------------------------------------------------------------------------
+def test_agree_gt_is_averaged_over_groups_that_carry_it():
+    meters = RunMeters("math")
+    problem = Problem(id="p", prompt="Q")
+    for agree in (1.0, 0.0, None, 1.0):
+        result = LabelledGroup("p", 0, 0, "1", [1.0, 0.0], [(0, 1)], vote_share=0.75, agree_gt=agree)
+        meters.on_labelled(group(problem, ["a", "b"]), result)
+    assert meters._label_stats()["label/agree_gt"] == pytest.approx(2 / 3)
+    assert "label/agree_gt" not in RunMeters("math")._label_stats()
