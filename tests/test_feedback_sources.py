@@ -139,3 +139,45 @@ def test_agree_gt_is_averaged_over_groups_that_carry_it():
         meters.on_labelled(group(problem, ["a", "b"]), result)
     assert meters._label_stats()["label/agree_gt"] == pytest.approx(2 / 3)
     assert "label/agree_gt" not in RunMeters("math")._label_stats()
+
+
+def test_a_scheduled_config_survives_the_trip_to_the_actors():
+    """Fleet hands labellers `cfg.labeller.model_dump()`; the schedule must validate again there."""
+    cfg = load_config(Path("configs/code-7b.yaml")).labeller
+    again = LabellerSection.model_validate(cfg.model_dump(mode="json"))
+    assert again == cfg and again.plan(2).source == "self_consistency"
+
+
+# -- the tiny presets still give pairs ---------------------------------------------------------------
+def test_tiny_code_preset_pairs_on_a_typical_group():
+    """What the bootstrap model samples on the synthetic code task: some right programs, some with
+    one operation wrong, some that crash or have no code. Under the preset's self-consistency rules
+    (4 successful programs per input, a margin of 3 of 6 tests) the right ones are chosen."""
+    from pfrl.tasks import synthetic_code
+
+    cfg = load_config(Path("configs/tiny-code.yaml")).labeller
+    cfg = cfg.model_copy(update={"sandbox": cfg.sandbox.model_copy(update={"timeout_s": 1.0, "cpu_s": 1})})
+    problems = synthetic_code.generate(4, seed=3)
+    groups = []
+    for problem, solution in problems:
+        off = solution.replace("return ", "return 1 + ", 1)
+        completions = [solution] * 4 + [off] * 2 + ["```python\nraise SystemExit(1)\n```", "no code"]
+        groups.append(group(problem, completions))
+    with Labeller("code", cfg, seed=0) as lab:
+        labelled = lab.label_many(groups)
+    for out, (problem, _) in zip(labelled, problems, strict=True):
+        assert out.skipped is None and out.pseudo_outputs == problem.test_outputs and out.agree_gt == 1.0
+        assert out.pairs and all(c < 4 <= r for c, r in out.pairs) and len(out.pairs) == 4
+
+
+def test_tiny_math_preset_pairs_on_a_typical_group():
+    from pfrl.tasks import synthetic_math
+
+    cfg = load_config(Path("configs/tiny-math.yaml")).labeller
+    problem, solution = synthetic_math.generate(1, seed=3)[0]
+    wrong = solution.rpartition("\\boxed{")[0] + "\\boxed{0}."
+    with Labeller("math", cfg, seed=0) as lab:
+        half = lab.label(group(problem, [solution] * 4 + [wrong] * 2 + ["I don't know"] * 2))
+        split = lab.label(group(problem, [solution] * 3 + [wrong] * 3 + ["I don't know"] * 2))
+    assert half.skipped is None and half.vote_share == 0.5 and len(half.pairs) == 4 and half.agree_gt == 1.0
+    assert split.skipped == "low_vote_share"
