@@ -227,7 +227,7 @@ def test_labeller_keeps_working_after_hostile_programs():
     good = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
     completions = [f"```python\n{p}```" for p in HOSTILE] + [good]
     group = RolloutGroup(PromptItem(problem, 0), completions, [], [], 0, 0, 0)
-    cfg = LabellerSection(sandbox=CFG, pair_strategy="all_chosen")
+    cfg = LabellerSection(sandbox=CFG, source="ground_truth", pair_strategy="all_chosen")
     with Labeller("code", cfg, seed=0) as labeller:
         first = labeller.label(group)
         second = labeller.label(group)
