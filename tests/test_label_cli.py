@@ -197,3 +197,22 @@ def test_label_code_end_to_end_reference_and_self_consistency(tmp_path, capsys):
         assert row["pairs"] and all(c in (0, 3) and r in (1, 2) for c, r in row["pairs"])
     assert len(read_jsonl(pairs)) == sum(len(r["pairs"]) for r in labelled)
     assert "mean score" in capsys.readouterr().out
+
+
+def test_label_iteration_picks_the_schedule_entry(tmp_path):
+    """A file has no iteration: --iteration says which entry of labeller.schedule applies."""
+    problem, sol = synthetic_math.generate(1, seed=9)[0]
+    row = {"id": problem.id, "prompt": problem.prompt, "reference": problem.answer,
+           "completions": [sol] * 3 + [wrong_math(sol)] * 2}
+    path = write_jsonl(tmp_path / "in.jsonl", [row])
+    schedule = ("labeller.schedule=[{source: reference, pair_strategy: one_random}, "
+                "{source: self_consistency, pair_strategy: all_chosen}]")
+    rows = {}
+    for iteration in (0, 1):
+        out = tmp_path / f"it{iteration}.jsonl"
+        assert main(["label", "--task", "math", "--rollouts", str(path), "--out", str(out), "--no-progress",
+                     "--set", schedule, "--iteration", str(iteration)]) == 0
+        (rows[iteration],) = read_jsonl(out)
+    assert "vote_share" not in rows[0] and len(rows[0]["pairs"]) == 1  # the frontier reference, one pair
+    assert rows[1]["vote_share"] == 0.6 and len(rows[1]["pairs"]) == 3  # votes, every chosen paired
+    assert main(["label", "--rollouts", str(path), "--out", str(tmp_path / "x"), "--iteration", "-1"]) == 2

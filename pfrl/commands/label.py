@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Label source for every group (replaces labeller.source and labeller.schedule).",
     )
     parser.add_argument(
+        "--iteration",
+        type=int,
+        default=0,
+        help="Label the file as this iteration of labeller.schedule (default 0: its first entry).",
+    )
+    parser.add_argument(
         "--workers", type=int, help="Override labeller.sandbox.workers (programs run at once)."
     )
     parser.add_argument("--config", help="YAML config file.")
@@ -107,7 +113,7 @@ def _config(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
-def _groups(path: str, strict: bool, summary: Summary, warn) -> Iterator:
+def _groups(path: str, iteration: int, strict: bool, summary: Summary, warn) -> Iterator:
     """Valid rollout groups in file order; malformed lines are reported (or fatal with --strict)."""
     from pfrl.feedback.records import parse_rollout_record
     from pfrl.tasks.io import iter_jsonl
@@ -116,7 +122,7 @@ def _groups(path: str, strict: bool, summary: Summary, warn) -> Iterator:
         try:
             if isinstance(obj, ValueError):
                 raise obj
-            yield parse_rollout_record(obj)
+            yield parse_rollout_record(obj, iteration)
         except ValueError as e:
             if strict:
                 raise UserError(f"{path}: line {lineno}: {e}") from None
@@ -174,7 +180,7 @@ def _label_file(args, cfg, task: str, out_fh, pairs_fh, summary: Summary, consol
         def warn(msg: str) -> None:
             console.print(msg, markup=False, highlight=False, soft_wrap=True)
 
-        for batch in _batches(_groups(args.rollouts, args.strict, summary, warn), size):
+        for batch in _batches(_groups(args.rollouts, args.iteration, args.strict, summary, warn), size):
             for group, labelled in zip(batch, labeller.label_many(batch), strict=True):
                 summary.add(labelled)
                 out_fh.write(json.dumps(labelled_row(labelled), ensure_ascii=False) + "\n")
@@ -186,6 +192,8 @@ def _label_file(args, cfg, task: str, out_fh, pairs_fh, summary: Summary, consol
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    if args.iteration < 0:
+        raise UserError(f"--iteration {args.iteration}: iterations count from 0")
     cfg = _config(args)
     task = args.task or cfg.run.task
     console = Console(stderr=True)

@@ -20,8 +20,9 @@ from pfrl.tasks.io import parse_problem
 from pfrl.types import LabelledGroup, PromptItem, RolloutGroup
 
 
-def parse_rollout_record(obj: Any) -> RolloutGroup:
-    """One JSON object -> RolloutGroup, or ValueError naming what is wrong."""
+def parse_rollout_record(obj: Any, iteration: int = 0) -> RolloutGroup:
+    """One JSON object -> RolloutGroup (labelled as `iteration` of the labeller's schedule), or
+    ValueError naming what is wrong."""
     problem = parse_problem(obj)
     completions = obj.get("completions")
     if not isinstance(completions, list) or not completions:
@@ -29,7 +30,7 @@ def parse_rollout_record(obj: Any) -> RolloutGroup:
     if not all(isinstance(c, str) for c in completions):
         raise ValueError("completions must be strings")
     return RolloutGroup(
-        item=PromptItem(problem=problem, iteration=0),
+        item=PromptItem(problem=problem, iteration=iteration),
         completions=completions,
         token_ids=[],
         finish_reasons=[],
