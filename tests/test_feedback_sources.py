@@ -181,3 +181,24 @@ def test_tiny_math_preset_pairs_on_a_typical_group():
         split = lab.label(group(problem, [solution] * 3 + [wrong] * 3 + ["I don't know"] * 2))
     assert half.skipped is None and half.vote_share == 0.5 and len(half.pairs) == 4 and half.agree_gt == 1.0
     assert split.skipped == "low_vote_share"
+
+
+def test_a_named_source_without_any_label_stops_the_run_before_it_starts():
+    from pfrl.errors import UserError
+    from pfrl.feedback.labeller import check_sources
+
+    cfg = load_config(None, [SCHEDULE]).labeller
+    bare = [Problem(id=str(i), prompt="Q", answer="1") for i in range(3)]
+    with pytest.raises(UserError, match=r"source reference \(iteration 0\) needs a frontier reference.*none of the 3"):
+        check_sources("math", cfg, bare, iterations=2)
+    check_sources("math", cfg, [*bare, Problem(id="r", prompt="Q", reference="1")], iterations=2)
+    code_cfg = LabellerSection(source="ground_truth")
+    with pytest.raises(UserError, match="ground truth"):
+        check_sources("code", code_cfg, [Problem(id="c", prompt="Q", test_inputs=["1"])], iterations=1)
+    with pytest.raises(UserError, match="test inputs"):
+        check_sources("code", LabellerSection(source="self_consistency"), [Problem(id="c", prompt="Q")], 1)
+    check_sources("code", LabellerSection(), [Problem(id="c", prompt="Q")], 1)  # auto: no demand
+    only_later = LabellerSection.model_validate({"schedule": [
+        {"source": "self_consistency", "pair_strategy": "one_random"},
+        {"source": "reference", "pair_strategy": "one_random"}]})
+    check_sources("math", only_later, bare, iterations=1)  # the reference iteration never runs

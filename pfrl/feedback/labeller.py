@@ -16,6 +16,7 @@ import time
 from typing import Literal
 
 from pfrl.config import LabellerSection
+from pfrl.errors import UserError
 from pfrl.feedback import code_label, math_label
 from pfrl.feedback.answers import AnswerJudge
 from pfrl.feedback.pairs import PairRule
@@ -33,6 +34,32 @@ def resolve_source(task: Task, source: str, problem: Problem) -> str:
         return source
     has_ref = math_label.has_reference if task == "math" else code_label.has_reference
     return "reference" if has_ref(problem) else "self_consistency"
+
+
+def _has_label(task: Task, source: str, problem: Problem) -> bool:
+    if source == "reference":
+        return (math_label.has_reference if task == "math" else code_label.has_reference)(problem)
+    if source == "ground_truth":
+        return problem.answer is not None if task == "math" else bool(problem.test_outputs)
+    return task == "math" or bool(problem.reference_test_inputs or problem.test_inputs)  # code votes need inputs
+
+
+def check_sources(task: Task, cfg: LabellerSection, problems: list[Problem], iterations: int) -> None:
+    """Before a run: a source the schedule names for one of the run's `iterations` must find its label
+    in at least one record, or every group of that iteration would be skipped and the run would wait
+    for pairs that never come."""
+    for iteration in range(min(iterations, len(cfg.plans()))):
+        plan = cfg.plan(iteration)
+        if plan.source == "auto" or any(_has_label(task, plan.source, p) for p in problems):
+            continue
+        need = {
+            "reference": "a frontier reference (`reference`; code: `reference_test_outputs` or a reference "
+            "program): write them with `pfrl references`",
+            "ground_truth": "ground truth (`answer`; code: `test_outputs`)",
+            "self_consistency": "test inputs (`reference_test_inputs` or `test_inputs`)",
+        }[plan.source]
+        raise UserError(f"labeller source {plan.source} (iteration {iteration}) needs {need}, "
+                        f"and none of the {len(problems)} training records has it")
 
 
 class Labeller:
