@@ -29,6 +29,7 @@ from learner.batching import (
 )
 from learner.dist import compute_dtype, init_distributed, quiet_deepspeed
 from learner.loss import dpo_loss
+from learner.memory import plain_model, with_lora, with_offload
 from learner.optim import build_optimizer, deepspeed_config, reference_deepspeed_config, scheduler_factory
 from learner.reference import ReferenceModel, load_causal_lm
 from learner.weights import iter_weight_buckets
@@ -68,17 +69,20 @@ class DPOEngine:
         self.dtype = compute_dtype(model_cfg.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.pad_id = pad_token_id(self.tokenizer)
-        policy = load_causal_lm(model_path, self.dtype, cfg.grad_checkpointing)
+        attn = model_cfg.attn_implementation
+        policy = with_lora(load_causal_lm(model_path, self.dtype, cfg.grad_checkpointing, attn), cfg.lora)
         horizon = cfg.total_steps if cfg.total_steps is not None else total_steps
         self.engine = deepspeed.initialize(
             model=policy,
             optimizer=build_optimizer(policy, cfg),
             lr_scheduler=scheduler_factory(cfg, horizon),
-            config=deepspeed_config(cfg, self.dtype, self.world_size),
+            config=with_offload(deepspeed_config(cfg, self.dtype, self.world_size), cfg),
         )[0]
         self.device = self.engine.device
-        ref_ds = reference_deepspeed_config(cfg, self.dtype, self.world_size) if cfg.zero_stage == 3 else None
-        self.reference = ReferenceModel(model_path, self.dtype, self.device, ref_ds)
+        ref_ds = None
+        if cfg.zero_stage == 3:
+            ref_ds = with_offload(reference_deepspeed_config(cfg, self.dtype, self.world_size), cfg, params_only=True)
+        self.reference = ReferenceModel(model_path, self.dtype, self.device, ref_ds, attn)
         self.step = 0
 
     # ---- training -------------------------------------------------------------------------
@@ -185,7 +189,7 @@ class DPOEngine:
         for bucket in self.named_weight_buckets(GATHER_BUCKET_BYTES):
             state.update(bucket)
         if self.rank == 0:
-            write_hf_dir(self.engine.module, self.tokenizer, state, Path(out_dir))
+            write_hf_dir(plain_model(self.engine.module), self.tokenizer, state, Path(out_dir))
         self._barrier()
 
     # ---- checkpoints -----------------------------------------------------------------------

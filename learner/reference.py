@@ -14,10 +14,18 @@ import torch
 from learner.weights import copy_module_weights, iter_weight_buckets, load_module_weights
 
 
-def load_causal_lm(model_path: str, dtype: torch.dtype, grad_checkpointing: bool = False) -> torch.nn.Module:
+def load_causal_lm(
+    model_path: str,
+    dtype: torch.dtype,
+    grad_checkpointing: bool = False,
+    attn_implementation: str | None = None,
+) -> torch.nn.Module:
+    """`attn_implementation` None: transformers' choice (sdpa where it can)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=dtype, attn_implementation=attn_implementation
+    )
     model.config.use_cache = False  # training and scoring never decode step by step
     if grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -25,9 +33,16 @@ def load_causal_lm(model_path: str, dtype: torch.dtype, grad_checkpointing: bool
 
 
 class ReferenceModel:
-    def __init__(self, model_path: str, dtype: torch.dtype, device: torch.device, ds_config: dict | None):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: torch.dtype,
+        device: torch.device,
+        ds_config: dict | None,
+        attn_implementation: str | None = None,
+    ):
         """`ds_config` set: ZeRO-3 inference engine; None: a plain module on `device`."""
-        model = load_causal_lm(model_path, dtype)
+        model = load_causal_lm(model_path, dtype, attn_implementation=attn_implementation)
         model.requires_grad_(False)
         model.eval()
         if ds_config is not None:

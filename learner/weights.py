@@ -4,6 +4,7 @@ Under ZeRO-3 each rank holds a slice of every parameter, so reading or writing w
 gathering them, and gathering is a collective: every rank must walk the same buckets in the same
 order. One bucket is gathered at a time, so peak extra memory is one bucket, never the whole model.
 For unpartitioned modules (ZeRO 0-2, plain torch) the same functions simply read the tensors.
+A module wrapped with LoRA adapters is read merged, under the base model's names (learner/memory.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
+
+from learner.memory import is_lora, merged_buckets
 
 NamedParams = list[tuple[str, torch.nn.Parameter]]
 
@@ -57,6 +60,10 @@ def iter_weight_buckets(
 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """CPU copies of the full tensors, bucket by bucket, on rank 0; other ranks get empty buckets
     (they still have to iterate: under ZeRO-3 they take part in each gather)."""
+    if is_lora(module):
+        for merged in merged_buckets(module, bucket_bytes):
+            yield [(name, t.to("cpu", copy=True)) for name, t in merged] if rank == 0 else []
+        return
     for bucket in named_buckets(module, bucket_bytes):
         with gathered([p for _, p in bucket]):
             out = [(name, p.detach().to("cpu", copy=True)) for name, p in bucket] if rank == 0 else []
@@ -65,8 +72,16 @@ def iter_weight_buckets(
 
 @torch.no_grad()
 def copy_module_weights(src: torch.nn.Module, dst: torch.nn.Module, bucket_bytes: int) -> None:
-    """dst <- src, parameter by name; both may be partitioned (collective under ZeRO-3)."""
+    """dst <- src, parameter by name; both may be partitioned (collective under ZeRO-3). A LoRA
+    `src` is copied merged into a plain `dst`."""
     dst_params = dict(dst.named_parameters())
+    if is_lora(src):
+        for merged in merged_buckets(src, bucket_bytes):
+            targets = [dst_params[name] for name, _ in merged]
+            with gathered(targets, modifier_rank=0):
+                for (_, value), t in zip(merged, targets, strict=True):
+                    t.data.copy_(value)
+        return
     for bucket in named_buckets(src, bucket_bytes):
         targets = [dst_params[name] for name, _ in bucket]
         with gathered([p for _, p in bucket]), gathered(targets, modifier_rank=0):

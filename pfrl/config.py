@@ -59,6 +59,19 @@ class ModelSection(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 on CUDA, float32 on CPU."
     )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel of the learner's policy and reference (transformers' "
+        "attn_implementation); flash_attention_2 needs the flash-attn package and a CUDA GPU. Generators use "
+        "vLLM's own attention backends."
+    )
+
+    @model_validator(mode="after")
+    def _attention_available(self) -> ModelSection:
+        import importlib.util
+
+        if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ValueError("flash_attention_2 needs the flash-attn package (pip install flash-attn), not installed")
+        return self
     chat_template: str = Field(
         "none", description="How prompts are rendered, once at load, for generation, training and eval alike: "
         "none = verbatim; auto = the tokenizer's own chat template (verbatim if it has none); or a Jinja file."
@@ -311,6 +324,20 @@ class LabellerSection(Section):
         return [self.plan(i) for i in range(len(self.schedule or [None]))]
 
 
+class LoraSection(Section):
+    """LoRA adapters on the learner's policy (peft). Only the adapters train, so the optimizer state
+    shrinks to theirs; they are merged into the weights whenever weights leave the learner (sync to
+    generators, saved models, the reference refresh), so vLLM and transformers see a plain model."""
+
+    rank: int = Field(0, ge=0, description="Adapter rank; 0: no adapters (full fine-tuning).")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (the update is alpha / rank x B A).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1, description="Names of the linear layers that get adapters (Llama / Qwen / Mistral naming).",
+    )
+
+
 class LearnerSection(Section):
     num_learners: int = Field(1, ge=1, description="Data-parallel DeepSpeed ranks (Ray actors).")
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
@@ -336,6 +363,22 @@ class LearnerSection(Section):
     zero3_persistence_threshold: int = Field(
         100_000, ge=0, description="ZeRO-3: parameters with fewer elements stay whole on every rank (fewer gathers)."
     )
+    offload_optimizer: Literal["none", "cpu"] = Field(
+        "none", description="cpu: DeepSpeed keeps the optimizer state (Adam moments, fp32 master weights) in host "
+        "memory and runs the step there (ZeRO 1-3)."
+    )
+    offload_params: Literal["none", "cpu"] = Field(
+        "none", description="cpu: ZeRO-3 keeps the parameters in host memory between uses (policy and reference)."
+    )
+    lora: LoraSection = Field(default_factory=LoraSection)
+
+    @model_validator(mode="after")
+    def _memory_levers(self) -> LearnerSection:
+        if self.offload_optimizer != "none" and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs learner.zero_stage 1, 2 or 3")
+        if self.offload_params != "none" and self.zero_stage != 3:
+            raise ValueError("offload_params needs learner.zero_stage 3 (parameters are partitioned only there)")
+        return self
     epochs: int = Field(1, ge=1, description="`pfrl dpo`: passes over the pairs file.")
     start_timeout_s: float = Field(
         300.0, gt=0, description="Time allowed for the learner ranks to be placed by Ray and build their engines."

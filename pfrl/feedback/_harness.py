@@ -201,13 +201,16 @@ class _Collector:
             os.close(fd)
 
 
-def _sweep(pid: int, pid_namespace: bool) -> None:
+def _sweep(pid: int, job: dict) -> None:
     """Kill the test's whole process tree, including children that left its process group.
 
-    kill(-1) reaches every process we may signal, so it is only used inside our own pid namespace
-    (where we are pid 1 or 2) and never as root: outside one it would hit the host's processes."""
+    kill(-1) reaches every process we may signal. Never as root. Without root it is safe inside our
+    own pid namespace (where we are pid 1 or 2), and under the slot's private uid (dropped to as
+    root, no namespace needed): then it reaches exactly this program's processes."""
     targets = [-pid]
-    if pid_namespace and os.getpid() <= 2 and os.geteuid() != 0:
+    own_namespace = job["pid_namespace"] and os.getpid() <= 2
+    private_uid = job["uid"] is not None and os.geteuid() == job["uid"]
+    if (own_namespace or private_uid) and os.geteuid() != 0:
         targets.append(-1)
     for target in targets:
         try:
@@ -254,7 +257,7 @@ def run_test(job: dict, code, test_input: str) -> dict:
     col = _Collector(pid, fds, job["max_output_bytes"])
     try:
         overrun = col.collect(job["timeout_s"])
-        _sweep(pid, job["pid_namespace"])
+        _sweep(pid, job)
         if overrun is None and not col.drain():
             overrun = "output"
     finally:

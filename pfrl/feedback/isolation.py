@@ -5,19 +5,23 @@ bwrap    bubblewrap: empty root with read-only system directories, private tmpfs
 unshare  util-linux unshare: new pid/network/IPC/UTS namespaces; files protected by uid only.
 none     no namespaces: rlimits and (as root) an unprivileged uid only. Not a sandbox.
 
-The harness itself applies the resource limits and, as root, drops to the slot's uid.
+The harness itself applies the resource limits and, as root, drops to the slot's uid. Every backend
+starts the harness with `ENV` only: nothing of the caller's environment (API keys, tokens) gets in.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import sys
 import sysconfig
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from pfrl.config import SandboxSection
+from pfrl.console import console
 
 HARNESS = Path(__file__).with_name("_harness.py")
 HARNESS_IN_SANDBOX = "/pfrl/harness.py"
@@ -31,6 +35,19 @@ ENV = {
     "PYTHONDONTWRITEBYTECODE": "1",
 }
 SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/sbin")
+# Reported as the `sandbox/isolation_level` metric: lower is weaker.
+LEVELS = {"bwrap": 2, "unshare": 1, "none": 0}
+WEAKNESS = {
+    "unshare": "host files stay visible (protected by uid only) and the scratch is not size-limited",
+    "none": "no namespaces: host files, network and other processes stay reachable; rlimits only",
+}
+# Slot uids: uid_base + pid * SLOTS_PER_PROCESS + slot. Every Sandbox of a process draws from one
+# counter, so two sandboxes alive at once never share a uid (which kill(-1) and RLIMIT_NPROC rely on);
+# PID_SPAN covers the largest pid_max, so two processes never share one either.
+PID_SPAN, SLOTS_PER_PROCESS = 1 << 22, 512
+_slot_counter = itertools.count()
+_slot_lock = threading.Lock()
+_announced: set[str] = set()
 SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 
 
@@ -51,6 +68,21 @@ def base_python(cfg: SandboxSection) -> str:
     ver = sysconfig.get_config_var("VERSION") or f"{sys.version_info[0]}.{sys.version_info[1]}"
     candidate = Path(sys.base_prefix) / "bin" / f"python{ver}"
     return str(candidate) if candidate.exists() else os.path.realpath(sys.executable)
+
+
+def slot_uid(uid_base: int) -> int:
+    """A uid for one pool slot, distinct from every other slot of this process and of other processes."""
+    with _slot_lock:
+        slot = next(_slot_counter) % SLOTS_PER_PROCESS
+    return uid_base + (os.getpid() % PID_SPAN) * SLOTS_PER_PROCESS + slot
+
+
+def announce_weak(backend: str) -> None:
+    """One console line (once per process and backend) when programs run less isolated than bwrap:
+    a warning in a log file is easy to miss."""
+    if backend in WEAKNESS and backend not in _announced:
+        _announced.add(backend)
+        console.print(f"[yellow]sandbox: backend {backend} isolates less than bwrap: {WEAKNESS[backend]}")
 
 
 def tool_available(backend: str) -> bool:

@@ -31,7 +31,9 @@ from pfrl.feedback import isolation
 from pfrl.feedback.code import outputs_match
 
 log = logging.getLogger(__name__)
-BACKEND_ORDER = ("bwrap", "unshare", "none")
+# What `auto` tries, best first. `none` is not among them: it isolates nothing, so it runs only
+# when the config names it.
+AUTO_ORDER = ("bwrap", "unshare")
 LINE_SLACK = 65536  # JSON escaping and fields around one test's output
 PROBE_PROGRAM = "import decimal, fractions, heapq, socket\nprint(6 * 7)\n"
 
@@ -182,31 +184,39 @@ class Sandbox:
         self.cfg = cfg
         self.python = isolation.base_python(cfg)
         # Each concurrent harness gets its own uid (as root): process limits count per uid.
-        uid0 = cfg.uid_base + (os.getpid() % 1_000_000) * 64
         self._slots: queue.Queue[int] = queue.Queue()
-        for slot in range(cfg.workers):
-            self._slots.put(uid0 + slot)
+        for _ in range(cfg.workers):
+            self._slots.put(isolation.slot_uid(cfg.uid_base))
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self.backend = self._resolve_backend()
 
     # -- backend selection -------------------------------------------------------------------------
+    @property
+    def isolation_level(self) -> int:
+        """How strongly programs are isolated: 2 bwrap, 1 unshare, 0 none (see `isolation.LEVELS`)."""
+        return isolation.LEVELS[self.backend]
+
     def _resolve_backend(self) -> str:
         wanted = self.cfg.backend
-        candidates = BACKEND_ORDER if wanted == "auto" else (wanted,)
-        for backend in candidates:
+        if wanted != "auto":
+            problem = self._probe(wanted)
+            if problem is not None:
+                raise SandboxUnavailable(f"sandbox backend {wanted} does not work here: {problem}")
+            isolation.announce_weak(wanted)
+            return wanted
+        problems = []
+        for backend in AUTO_ORDER:
             problem = self._probe(backend)
             if problem is None:
-                if backend == "none":
-                    why = "no isolation tool works here; " if wanted == "auto" else ""
-                    log.warning("sandbox: %sbackend none runs programs with rlimits only, not isolated", why)
-                elif wanted == "auto" and backend != BACKEND_ORDER[0]:
-                    log.warning("sandbox: bwrap unavailable; using %s (weaker isolation)", backend)
+                isolation.announce_weak(backend)
                 return backend
-            if wanted != "auto":
-                raise SandboxUnavailable(f"sandbox backend {backend} does not work here: {problem}")
             log.info("sandbox: backend %s unavailable: %s", backend, problem)
-        raise SandboxUnavailable("no sandbox backend works here")
+            problems.append(f"{backend}: {problem}")
+        raise SandboxUnavailable(
+            f"labeller.sandbox.backend=auto: no isolating backend works here ({'; '.join(problems)}); install "
+            "bubblewrap, or set labeller.sandbox.backend: none to run programs with rlimits only, unisolated"
+        )
 
     def _probe(self, backend: str) -> str | None:
         """Run a small program under `backend`; None if it worked, else why not. It imports stdlib
@@ -251,12 +261,13 @@ class Sandbox:
             "pid_namespace": pid_namespace,
         }
 
-    def _launch(self, backend: str) -> tuple[isolation.Launch, str | None]:
+    def _launch(self, backend: str, uid: int) -> tuple[isolation.Launch, str | None]:
         """The command for `backend`, and the host scratch directory it needs (bwrap has its own tmpfs)."""
         if backend == "bwrap":
             return isolation.bwrap_launch(self.cfg, self.python), None
-        scratch = tempfile.mkdtemp(prefix="pfrl-sbx-")
-        os.chmod(scratch, 0o1777)  # the dropped uid writes here
+        scratch = tempfile.mkdtemp(prefix="pfrl-sbx-")  # 0700: other users cannot look in
+        if os.geteuid() == 0:
+            os.chown(scratch, uid, uid)  # the dropped uid writes here; other slots' uids cannot read it
         if backend == "unshare":
             return isolation.unshare_launch(self.python, scratch), scratch
         return isolation.bare_launch(self.python, scratch), scratch
@@ -272,7 +283,7 @@ class Sandbox:
     ) -> tuple[list[TestResult | None], str]:
         """One harness over `indices`; None for the tests it did not report (it died or stalled),
         and then the harness's last stderr words."""
-        launch, scratch = self._launch(backend)
+        launch, scratch = self._launch(backend, uid)
         job = self._job(program, entry_point, inputs, indices, uid, launch.pid_namespace)
         results: list[TestResult | None] = [None] * len(indices)
         try:
