@@ -116,13 +116,16 @@ def test_structured_output_from_a_real_server(vllm_server, tmp_path):
 
     problems = [p for p, _ in synthetic_code.generate(3, seed=0)]
     written = frontier.write_test_inputs(client, problems)
-    assert any(p.test_inputs != q.test_inputs for p, q in zip(written, problems, strict=True))
+    assert all(
+        p.test_inputs == q.test_inputs for p, q in zip(written, problems, strict=True)
+    )  # ground truth kept
+    assert any(p.reference_test_inputs for p in written)
     for p in written:
-        assert all(isinstance(json.loads(i), list) for i in p.test_inputs) and p.entry_point
+        assert all(isinstance(json.loads(i), list) for i in p.reference_test_inputs) and p.entry_point
 
     sent = client.requests_sent
     again = frontier.write_test_inputs(client, problems)
-    assert [p.test_inputs for p in again] == [p.test_inputs for p in written]
+    assert [p.reference_test_inputs for p in again] == [p.reference_test_inputs for p in written]
     assert client.requests_sent == sent and client.cache_hits >= len(problems)
     # Free-text writers run end to end too (gibberish rarely holds an answer or a program).
     assert (
@@ -244,7 +247,8 @@ def test_invalid_json_is_retried_when_a_schema_was_asked(scripted):
     client = scripted(script)
     problem = synthetic_code.generate(1, seed=0)[0][0]
     (written,) = frontier.write_test_inputs(client, [problem])
-    assert written.test_inputs == ["[1]", "[2]"] and written.test_outputs == []
+    assert written.reference_test_inputs == ["[1]", "[2]"] and written.reference_test_outputs == []
+    assert (written.test_inputs, written.test_outputs) == (problem.test_inputs, problem.test_outputs)
     assert script.requests[0]["response_format"]["type"] == "json_schema"
 
 
@@ -274,7 +278,7 @@ def test_reference_programs_become_labels(scripted):
     pairs = synthetic_code.generate(3, seed=17)
     client = scripted(Script(_synthetic_answer(pairs)))
     bare = [
-        p.__class__(id=p.id, prompt=p.prompt, entry_point=p.entry_point, test_inputs=p.test_inputs)
+        p.__class__(id=p.id, prompt=p.prompt, entry_point=p.entry_point, reference_test_inputs=p.test_inputs)
         for p, _ in pairs
     ]
     with_refs = frontier.write_reference_programs(client, bare)
@@ -282,7 +286,7 @@ def test_reference_programs_become_labels(scripted):
     sandbox_cfg = SandboxSection(timeout_s=1.0, cpu_s=1)
     with Labeller("code", LabellerSection(sandbox=sandbox_cfg), seed=0) as labeller:
         filled = frontier.outputs_from_reference(labeller.sandbox, with_refs)
-        assert [p.test_outputs for p in filled] == [p.test_outputs for p, _ in pairs]
+        assert [p.reference_test_outputs for p in filled] == [p.test_outputs for p, _ in pairs]
         groups = [
             RolloutGroup(PromptItem(p, 0), [sol, sol.replace("return ", "return -1 + ", 1)], [], [], 0, 0, 0)
             for p, (_, sol) in zip(with_refs, pairs, strict=True)
@@ -340,6 +344,8 @@ def test_references_command_writes_code_tests_and_outputs(scripted, tmp_path):
     pairs = synthetic_code.generate(3, seed=4)
     bare = [p.__class__(id=p.id, prompt=p.prompt, entry_point=p.entry_point) for p, _ in pairs]
     written = _references_cli(scripted, tmp_path, "code", bare, _frontier_for_code(pairs))
-    assert [p.test_inputs for p in written] == [p.test_inputs for p, _ in pairs]
-    assert [p.test_outputs for p in written] == [p.test_outputs for p, _ in pairs]  # from the reference runs
+    assert [p.reference_test_inputs for p in written] == [p.test_inputs for p, _ in pairs]
+    # from the reference runs
+    assert [p.reference_test_outputs for p in written] == [p.test_outputs for p, _ in pairs]
+    assert all(not p.test_inputs and not p.test_outputs for p in written)  # no ground truth invented
     assert all(re.search(rf"def {p.entry_point}\(", p.reference) for p in written)

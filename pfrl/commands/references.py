@@ -1,8 +1,9 @@
 """`pfrl references`: write frontier-model labels into a problem file (the paper's first iteration).
 
 Math records get `reference` (the frontier model's full solution; its final answer is the label).
-Code records get frontier-written `test_inputs`, `reference` (the frontier model's program) and
-`test_outputs` (that program's outputs, run in the sandbox). Records whose request failed are written
+Code records get frontier-written `reference_test_inputs`, `reference` (the frontier model's program)
+and `reference_test_outputs` (that program's outputs, run in the sandbox); their own `test_inputs` /
+`test_outputs` (ground truth) are kept. Records whose request failed are written
 unchanged; the summary says how many were labelled. Replies are cached (`labeller.frontier.cache_dir`),
 so an interrupted run costs nothing to repeat. The output is written atomically.
 """

@@ -8,9 +8,10 @@ costs nothing), and re-asking when a reply is empty or is not the JSON a schema 
 (`response_format` json_schema). Three writers use it, one per kind of pseudo feedback in the paper:
 
 - `write_math_references`: a full solution per math problem; its final answer becomes the label.
-- `write_test_inputs`: test inputs per code problem, as a JSON object `{"test_inputs": [...]}`.
+- `write_test_inputs`: test inputs per code problem, as a JSON object `{"test_inputs": [...]}`, into
+  `reference_test_inputs` (a record's own `test_inputs`/`test_outputs` stay: they are ground truth).
 - `write_reference_programs`: a program per code problem; `outputs_from_reference` (or the labeller's
-  reference mode) runs it in the sandbox and its outputs become the expected outputs.
+  reference source) runs it in the sandbox and its outputs become `reference_test_outputs`.
 
 `write_references` chains them per task (what `pfrl references` runs). Prompt wording lives in
 `configs/prompts/` (see its README).
@@ -266,8 +267,8 @@ def _call_input(item: Any) -> str | None:
 
 
 def write_test_inputs(client: FrontierClient, problems: list[Problem]) -> list[Problem]:
-    """Each problem with frontier-written `test_inputs` (and no outputs: they are for the new inputs to
-    get, from a reference program or self-consistency); unchanged where no valid input came back."""
+    """Each problem with frontier-written `reference_test_inputs` (and no outputs yet: they come from a
+    reference program or self-consistency); unchanged where no valid input came back."""
     cfg = client.cfg
     template = _template(cfg, "code_test_inputs.txt")
     requests = [
@@ -281,7 +282,9 @@ def write_test_inputs(client: FrontierClient, problems: list[Problem]) -> list[P
     out = []
     for p, reply in zip(problems, client.chat_many(requests), strict=True):
         inputs = parse_test_inputs(reply, p.entry_point is not None, cfg) if reply else []
-        out.append(dataclasses.replace(p, test_inputs=inputs, test_outputs=[]) if inputs else p)
+        out.append(
+            dataclasses.replace(p, reference_test_inputs=inputs, reference_test_outputs=[]) if inputs else p
+        )
     return out
 
 
@@ -299,15 +302,18 @@ def write_reference_programs(client: FrontierClient, problems: list[Problem]) ->
 
 
 def outputs_from_reference(sandbox: Sandbox, problems: list[Problem]) -> list[Problem]:
-    """Run each problem's reference program on its inputs; the outputs of the runs that completed
-    become `test_outputs` (inputs it failed on are dropped). Problems without one are unchanged."""
-    todo = [p for p in problems if p.reference and p.test_inputs]
-    jobs = [SandboxJob(extract_program(p.reference), p.test_inputs, p.entry_point) for p in todo]
+    """Run each problem's reference program on its `reference_test_inputs`; the outputs of the runs
+    that completed become `reference_test_outputs` (inputs it failed on are dropped). Problems without
+    a program or frontier inputs are unchanged."""
+    todo = [p for p in problems if p.reference and p.reference_test_inputs]
+    jobs = [SandboxJob(extract_program(p.reference), p.reference_test_inputs, p.entry_point) for p in todo]
     done: dict[str, Problem] = {}
     for p, results in zip(todo, sandbox.run_many(jobs), strict=True):
-        kept = [(i, r.output) for i, r in zip(p.test_inputs, results, strict=True) if r.status.ran]
+        kept = [(i, r.output) for i, r in zip(p.reference_test_inputs, results, strict=True) if r.status.ran]
         outputs = [normalize_output(o, p.entry_point is not None) for _, o in kept]
-        done[p.id] = dataclasses.replace(p, test_inputs=[i for i, _ in kept], test_outputs=outputs)
+        done[p.id] = dataclasses.replace(
+            p, reference_test_inputs=[i for i, _ in kept], reference_test_outputs=outputs
+        )
     return [done.get(p.id, p) for p in problems]
 
 
@@ -316,7 +322,7 @@ def write_references(
 ) -> list[Problem]:
     """The paper's first-iteration labels for `task`: math gets a reference solution per problem;
     code gets frontier test inputs and a reference program whose sandboxed outputs become the
-    expected outputs (a record's own tests are replaced where frontier inputs came back)."""
+    expected outputs (`reference_test_inputs`/`reference_test_outputs`; a record's own tests stay)."""
     if task == "math":
         return write_math_references(client, problems)
     if sandbox is None:
