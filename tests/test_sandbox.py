@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from pfrl.config import SandboxSection
+from pfrl.feedback import isolation
 from pfrl.feedback.sandbox import Sandbox, SandboxJob, SandboxUnavailable, TestStatus
 
 FAST = dict(timeout_s=1.0, cpu_s=1, memory_mb=256, max_output_bytes=4096)
@@ -112,7 +113,41 @@ def test_run_many_keeps_order_and_runs_in_parallel(sandbox):
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 def test_auto_prefers_bubblewrap(sandbox):
-    assert sandbox.backend == "bwrap"
+    assert (sandbox.backend, sandbox.isolation_level) == ("bwrap", 2)
+
+
+def test_auto_never_falls_back_to_no_isolation(monkeypatch):
+    """Where neither bwrap nor unshare works, auto stops with one line naming both ways out, even
+    though `none` would run."""
+    monkeypatch.setattr(isolation, "tool_available", lambda backend: backend == "none")
+    with pytest.raises(SandboxUnavailable) as err:
+        Sandbox(SandboxSection(**FAST))
+    message = str(err.value)
+    assert "\n" not in message and "install bubblewrap" in message
+    assert "labeller.sandbox.backend: none" in message and "bwrap: bwrap not found" in message
+
+
+@pytest.mark.skipif(
+    not os.path.exists(SYSTEM_PYTHON) or shutil.which("unshare") is None, reason="needs unshare"
+)
+def test_auto_fallback_to_unshare_is_announced(monkeypatch, capsys):
+    monkeypatch.setattr(isolation, "tool_available", lambda backend: backend != "bwrap")
+    monkeypatch.setattr(isolation, "_announced", set())
+    with Sandbox(SandboxSection(python=SYSTEM_PYTHON, **FAST)) as sb:
+        assert (sb.backend, sb.isolation_level) == ("unshare", 1)
+    with Sandbox(SandboxSection(python=SYSTEM_PYTHON, **FAST)):
+        pass
+    lines = [line for line in capsys.readouterr().err.splitlines() if "sandbox:" in line]
+    assert len(lines) == 1 and lines[0].startswith("sandbox: backend unshare isolates less than bwrap")
+    assert lines[0].endswith(isolation.WEAKNESS["unshare"])  # one line, once per process
+
+
+@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="needs a system python")
+def test_none_runs_only_when_named_and_is_announced(monkeypatch, capsys):
+    monkeypatch.setattr(isolation, "_announced", set())
+    with Sandbox(SandboxSection(backend="none", python=SYSTEM_PYTHON, **FAST)) as sb:
+        assert (sb.backend, sb.isolation_level) == ("none", 0)
+    assert "sandbox: backend none isolates less than bwrap: no namespaces" in capsys.readouterr().err
 
 
 def test_unusable_backend_is_a_user_error():

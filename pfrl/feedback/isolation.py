@@ -82,7 +82,9 @@ def announce_weak(backend: str) -> None:
     a warning in a log file is easy to miss."""
     if backend in WEAKNESS and backend not in _announced:
         _announced.add(backend)
-        console.print(f"[yellow]sandbox: backend {backend} isolates less than bwrap: {WEAKNESS[backend]}")
+        console.print(
+            f"[yellow]sandbox: backend {backend} isolates less than bwrap: {WEAKNESS[backend]}", soft_wrap=True
+        )
 
 
 def tool_available(backend: str) -> bool:
