@@ -111,3 +111,22 @@ def test_evaluate_reports_greedy_maj_and_pass_at_k():
     assert result["maj@4"] == 0.5  # q1's majority is right, q2's wrong
     assert result["pass@1"] == (3 / 4 + 1 / 4) / 2 and result["pass@4"] == 1.0
     assert result["pass@2"] == (1.0 + (1 - 3 / 6)) / 2  # q2: C(3,2)/C(4,2) of the pairs miss
+
+
+def test_eval_settings_come_from_the_config_and_flags_override_them(tmp_path):
+    import argparse
+
+    from pfrl.commands import eval as eval_cmd
+    from pfrl.config import ConfigError
+
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("model: {path: m, max_length: 2048, chat_template: auto}\ndata: {heldout_file: h.jsonl}\n"
+                        "generator: {max_tokens: 512}\nrun: {task: code}\n")
+    parser = argparse.ArgumentParser()
+    eval_cmd.add_arguments(parser)
+    cfg = eval_cmd.build_config(parser.parse_args(["--config", str(cfg_file), "--max-tokens", "64", "--n", "4"]))
+    assert (cfg.model.path, cfg.model.max_length, cfg.model.chat_template) == ("m", 2048, "auto")
+    assert (cfg.data.heldout_file, cfg.run.task, cfg.generator.max_tokens, cfg.metrics.eval_samples) == (
+        "h.jsonl", "code", 64, 4)
+    with pytest.raises(ConfigError, match="--max-length: Input should be greater than or equal to 16"):
+        eval_cmd.build_config(parser.parse_args(["--max-length", "8"]))
