@@ -27,6 +27,7 @@ class RunInputs:
     train: list[Problem]
     heldout: list[Problem]
     skipped: int
+    sandbox_backend: str | None = None  # code runs: the backend programs will run under
 
 
 def resolve_model(cfg: PfrlConfig) -> str:
@@ -83,7 +84,20 @@ def _load(path: str, cfg: PfrlConfig, model_path: str) -> ProblemFile:
     return loaded
 
 
+def check_sandbox(cfg: PfrlConfig) -> str | None:
+    """The sandbox backend a code run's programs will run under (None for math). A backend that does
+    not work here, or `auto` with nothing that isolates, stops the run now, before any actor; a
+    weaker backend prints its one console line here, on the driver."""
+    if cfg.run.task != "code":
+        return None
+    from pfrl.feedback.sandbox import Sandbox
+
+    with Sandbox(cfg.labeller.sandbox) as sandbox:
+        return sandbox.backend
+
+
 def check_inputs(cfg: PfrlConfig) -> RunInputs:
+    backend = check_sandbox(cfg)
     model_path = resolve_model(cfg)
     train_file = cfg.data.train_file or str(Path(model_path) / "data" / "train.jsonl")
     heldout_file = cfg.data.heldout_file or str(Path(model_path) / "data" / "heldout.jsonl")
@@ -91,4 +105,4 @@ def check_inputs(cfg: PfrlConfig) -> RunInputs:
     heldout = _load(heldout_file, cfg, model_path) if source_exists(heldout_file) or cfg.data.heldout_file else None
     if cfg.metrics.eval_every_steps and heldout is None:
         raise UserError(f"metrics.eval_every_steps is set but {heldout_file} does not exist")
-    return RunInputs(model_path, train.problems, heldout.problems if heldout else [], len(train.bad))
+    return RunInputs(model_path, train.problems, heldout.problems if heldout else [], len(train.bad), backend)

@@ -165,3 +165,32 @@ def test_fallback_backends_run_programs(backend):
     with Sandbox(SandboxSection(backend=backend, python=SYSTEM_PYTHON, **FAST)) as sb:
         results = sb.run_program("def f(x):\n    return x + 1\n", ["[1]", "[2]"], "f", expected=["2", "4"])
         assert sb.backend == backend and statuses(results) == ["passed", "wrong_output"]
+
+
+def test_isolation_metrics_name_the_backend():
+    assert isolation.metrics("bwrap") == {"sandbox/isolation_level": 2, "sandbox/backend_weak": 0}
+    assert isolation.metrics("unshare") == {"sandbox/isolation_level": 1, "sandbox/backend_weak": 1}
+    assert isolation.metrics("none") == {"sandbox/isolation_level": 0, "sandbox/backend_weak": 1}
+    assert isolation.metrics(None) == {}
+
+
+def test_a_code_run_without_isolation_stops_before_anything_starts(monkeypatch, capsys):
+    """`pfrl train` on a code task where auto finds no isolating backend: one line, exit 2, before
+    the model is even looked at."""
+    from pfrl import preflight
+    from pfrl.cli import main
+
+    monkeypatch.setattr(isolation, "tool_available", lambda backend: backend == "none")
+    monkeypatch.setattr(preflight, "resolve_model", lambda cfg: pytest.fail("went past the sandbox check"))
+    assert main(["train", "--set", "run.task=code", "--set", "model.path=/nonexistent"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "install bubblewrap" in err, err
+
+
+def test_preflight_reports_the_backend_of_code_runs_only():
+    from pfrl.config import PfrlConfig
+    from pfrl.preflight import check_sandbox
+
+    assert check_sandbox(PfrlConfig.model_validate({"run": {"task": "math"}})) is None
+    code = PfrlConfig.model_validate({"run": {"task": "code"}, "labeller": {"sandbox": FAST}})
+    assert check_sandbox(code) in ("bwrap", "unshare")

@@ -87,6 +87,15 @@ def announce_weak(backend: str) -> None:
         )
 
 
+def metrics(backend: str | None) -> dict[str, int]:
+    """A run's sandbox in its step records: `sandbox/isolation_level` (2 bwrap, 1 unshare, 0 none)
+    and `sandbox/backend_weak` (1 when weaker than bwrap). Empty without a sandbox (math runs)."""
+    if backend is None:
+        return {}
+    level = LEVELS[backend]
+    return {"sandbox/isolation_level": level, "sandbox/backend_weak": int(level < LEVELS["bwrap"])}
+
+
 def tool_available(backend: str) -> bool:
     return backend == "none" or shutil.which(backend) is not None
 
