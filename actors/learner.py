@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
+
+if TYPE_CHECKING:
+    from learner.engine import DPOEngine
 
 
 class _FollowedEngine:
@@ -35,7 +38,7 @@ class _FollowedEngine:
 class LearnerActor:
     def __init__(self, rank: int, world_size: int):
         self.rank, self.world_size = rank, world_size
-        self.engine = None
+        self.engine: DPOEngine | None = None  # built by init(), once the process group can form
         self.peers: list = []
 
     def rendezvous(self) -> tuple[str, int]:
@@ -83,7 +86,13 @@ class LearnerActor:
             seed,
             total_steps,
         )
-        return self.engine.state()
+        return self._engine.state()
+
+    @property
+    def _engine(self) -> DPOEngine:
+        if self.engine is None:
+            raise RuntimeError("LearnerActor.init() has not run")
+        return self.engine
 
     def set_peers(self, peers: list) -> None:
         self.peers = list(peers)
@@ -91,24 +100,24 @@ class LearnerActor:
     def train_step(self, pairs_msg: bytes) -> dict[str, float]:
         from pfrl.types import decode
 
-        return self.engine.train_step(decode(pairs_msg))
+        return self._engine.train_step(decode(pairs_msg))
 
     def refresh_reference(self) -> None:
-        self.engine.refresh_reference()
+        self._engine.refresh_reference()
 
     def save_hf(self, out_dir: str) -> None:
-        self.engine.save_hf(out_dir)
+        self._engine.save_hf(out_dir)
 
     def save_checkpoint(self, ckpt_dir: str, tag: str) -> None:
-        self.engine.save_checkpoint(ckpt_dir, tag)
+        self._engine.save_checkpoint(ckpt_dir, tag)
 
     def load_checkpoint(self, ckpt_dir: str, tag: str) -> dict[str, float]:
-        self.engine.load_checkpoint(ckpt_dir, tag)
-        return self.engine.state()
+        self._engine.load_checkpoint(ckpt_dir, tag)
+        return self._engine.state()
 
     def _publishing_engine(self):
-        needs_followers = self.engine.cfg.zero_stage == 3 and self.peers
-        return _FollowedEngine(self.engine, self.peers) if needs_followers else self.engine
+        needs_followers = self._engine.cfg.zero_stage == 3 and self.peers
+        return _FollowedEngine(self._engine, self.peers) if needs_followers else self._engine
 
     def publish_weights(self, version: int, sender_spec: dict) -> dict:
         """Rank 0: send the current weights to the generators (learner/publish.py)."""
@@ -118,7 +127,7 @@ class LearnerActor:
 
     def follow_weight_buckets(self, bucket_bytes: int) -> int:
         """Peers under ZeRO-3: take part in rank 0's gathers; returns the buckets walked."""
-        return sum(1 for _ in self.engine.named_weight_buckets(bucket_bytes))
+        return sum(1 for _ in self._engine.named_weight_buckets(bucket_bytes))
 
     def weight_checksums(self, bucket_bytes: int) -> dict[str, float]:
         """Rank 0: sum of each full tensor, read the way publishing reads them (a cheap check that

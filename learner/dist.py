@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from pfrl.runtime import resolve_dtype
+from pfrl.runtime import DtypeSetting, resolve_dtype
 
 
 def init_distributed() -> tuple[int, int]:
@@ -49,7 +49,7 @@ def quiet_deepspeed() -> None:
     )
 
 
-def compute_dtype(dtype_name: str) -> torch.dtype:
+def compute_dtype(dtype_name: DtypeSetting) -> torch.dtype:
     """`model.dtype` -> torch dtype (`auto` resolved as everywhere else, by pfrl.runtime)."""
     dtype: torch.dtype = getattr(torch, resolve_dtype(dtype_name))  # "float32" -> torch.float32
     return dtype

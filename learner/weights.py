@@ -24,7 +24,8 @@ def is_partitioned(p: torch.Tensor) -> bool:
 
 
 def param_nbytes(p: torch.Tensor) -> int:
-    numel = p.ds_numel if is_partitioned(p) else p.numel()
+    # DeepSpeed sets ds_numel (the full size) on the parameters it partitions; torch's stubs cannot know
+    numel = p.ds_numel if is_partitioned(p) else p.numel()  # type: ignore[attr-defined]
     return int(numel) * p.element_size()
 
 

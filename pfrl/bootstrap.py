@@ -52,12 +52,12 @@ class BootstrapSpec:
 
 def _generator(task: str, spec: BootstrapSpec) -> Callable[[int, int], list[tuple[Problem, str]]]:
     if task == "math":
-        from pfrl.tasks.synthetic_math import generate
+        from pfrl.tasks import synthetic_math
 
-        return lambda n, seed: generate(n, seed, spec.math_difficulty)
-    from pfrl.tasks.synthetic_code import generate
+        return lambda n, seed: synthetic_math.generate(n, seed, spec.math_difficulty)
+    from pfrl.tasks import synthetic_code
 
-    return generate
+    return synthetic_code.generate
 
 
 def make_splits(task: str, seed: int, spec: BootstrapSpec):
@@ -81,6 +81,7 @@ def with_shortcuts(examples: list[tuple[Problem, str]], share: float, seed: int)
     out = []
     for problem, solution in examples:
         if rng.random() < share:
+            assert problem.answer is not None, "synthetic math problems carry their answer"
             solution = " " + answer_sentence(problem.answer)
         out.append((problem, solution))
     return out

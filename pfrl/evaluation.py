@@ -12,8 +12,12 @@ import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pfrl.types import Problem
+
+if TYPE_CHECKING:
+    from pfrl.config import SandboxSection
 
 # prompts, n, temperature -> n completions per prompt
 Sampler = Callable[[list[str], int, float], list[list[str]]]
@@ -25,7 +29,7 @@ class Scorer:
 
     task: str
     verify_timeout_s: float = 2.0
-    sandbox_cfg: object | None = None
+    sandbox_cfg: SandboxSection | None = None
 
     def __post_init__(self) -> None:
         if self.task == "math":

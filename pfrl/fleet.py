@@ -109,7 +109,10 @@ class Fleet:
         from actors.labeller import LabellerActor
 
         self.labellers = [
-            LabellerActor.options(num_cpus=cfg.cluster.labeller_cpus, max_restarts=-1, max_task_retries=0).remote(
+            # ray.remote turns the class into an actor class; its stubs still type it as LabellerActor
+            LabellerActor.options(  # type: ignore[attr-defined]
+                num_cpus=cfg.cluster.labeller_cpus, max_restarts=-1, max_task_retries=0
+            ).remote(
                 cfg.run.task, cfg.labeller.model_dump(), cfg.run.seed
             )
             for _ in range(cfg.labeller.num_labellers)

@@ -108,7 +108,8 @@ class LearnerGroup:
     def _spawn(self, rank: int, bundle: int):
         c = self.cfg.cluster
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=bundle)
-        return LearnerActor.options(
+        # ray.remote turns the class into an actor class; its stubs still type it as LearnerActor
+        return LearnerActor.options(  # type: ignore[attr-defined]
             num_cpus=c.learner_cpus, num_gpus=c.learner_gpus, scheduling_strategy=strategy
         ).remote(rank, self.world_size)
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import functools
 import os
 import socket
+from typing import Literal
+
+DtypeSetting = Literal["auto", "float32", "bfloat16", "float16"]  # `model.dtype`
+DtypeName = Literal["float32", "bfloat16", "float16"]
 
 
 @functools.cache
@@ -17,7 +21,7 @@ def has_cuda() -> bool:
         return False
 
 
-def resolve_dtype(setting: str) -> str:
+def resolve_dtype(setting: DtypeSetting) -> DtypeName:
     """`model.dtype` as a torch dtype name: `auto` is bfloat16 where CUDA runs the model, float32
     on CPU (whose kernels are float32)."""
     if setting != "auto":

@@ -58,7 +58,7 @@ def tiny_config(tokenizer, hidden: int = 128, layers: int = 4, max_positions: in
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="float32",
+        dtype="float32",
     )
 
 

@@ -82,7 +82,7 @@ class LabelledGroup:
 
     def __post_init__(self) -> None:
         # msgpack has no tuples: restore (chosen, rejected) index pairs after a round trip.
-        self.pairs = [tuple(p) for p in self.pairs]
+        self.pairs = [(a, b) for a, b in self.pairs]
 
 
 @dataclass(slots=True)

@@ -92,7 +92,9 @@ def _hf_tokens_per_s(model_dir: str, cfg, prompts: list[str], batch: int) -> tup
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    # transformers types the wrapped PreTrainedModel.to as taking a model as its first argument
+    model = model.to(device).eval()  # type: ignore[arg-type]
     tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     torch.manual_seed(cfg.run.seed)
     _hf_call(model, tok, prompts[:2], cfg)  # warm-up

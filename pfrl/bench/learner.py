@@ -40,6 +40,7 @@ def synthetic_pairs(n: int, seed: int) -> list:
     rng = random.Random(seed)
     pairs = []
     for problem, solution in generate(n, seed=seed):
+        assert problem.answer is not None, "synthetic math problems carry their answer"
         wrong = str(int(problem.answer) + rng.randint(1, 9))
         rejected = solution.replace(f"\\boxed{{{problem.answer}}}", f"\\boxed{{{wrong}}}")
         pairs.append(PreferencePair(problem.id, problem.prompt, solution, rejected, 0))

@@ -45,7 +45,7 @@ def epoch_batches(
 ) -> list[list]:
     """Global batches for all epochs; each epoch reshuffled (seeded). A last batch too small to give
     every rank a pair is dropped."""
-    batches = []
+    batches: list[list] = []
     for epoch in range(epochs):
         order = list(pairs)
         if shuffle:

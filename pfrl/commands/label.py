@@ -15,9 +15,12 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from pfrl.errors import UserError
+
+if TYPE_CHECKING:
+    from pfrl.feedback.labeller import Task
 
 BATCH_PER_WORKER = 4
 
@@ -163,7 +166,7 @@ def _open_tmp(stack: ExitStack, path: str | None) -> tuple[IO[str] | None, Path 
     return fh, tmp
 
 
-def _label_file(args, cfg, task: str, out_fh, pairs_fh, summary: Summary, console) -> None:
+def _label_file(args, cfg, task: Task, out_fh, pairs_fh, summary: Summary, console) -> None:
     from rich.progress import Progress
 
     from pfrl.feedback.labeller import Labeller
@@ -195,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     if args.iteration < 0:
         raise UserError(f"--iteration {args.iteration}: iterations count from 0")
     cfg = _config(args)
-    task = args.task or cfg.run.task
+    task: Task = args.task or cfg.run.task
     console = Console(stderr=True)
     summary = Summary()
     start = time.perf_counter()
@@ -206,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         if summary.groups == 0:
             raise UserError(f"{args.rollouts}: no valid rollout groups")
         for fh, tmp, final in ((out_fh, out_tmp, args.out), (pairs_fh, pairs_tmp, args.pairs_out)):
-            if fh is not None:
+            if fh is not None and tmp is not None:
                 fh.close()
                 tmp.replace(final)
     for line in summary.lines(time.perf_counter() - start):

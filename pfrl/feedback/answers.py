@@ -133,21 +133,23 @@ class _VerifyWorker:
             text=True,
             bufsize=1,
         )
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both are pipes
+        self._stdin, self._stdout = self.proc.stdin, self.proc.stdout
         if self._read(startup_timeout_s) != "ready":
             self.close()
             raise RuntimeError("math-verify worker did not start")
 
     def _read(self, timeout_s: float) -> str | None:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        ready, _, _ = select.select([self._stdout], [], [], timeout_s)
         if not ready:
             return None
-        line = self.proc.stdout.readline()
+        line = self._stdout.readline()
         return line.strip() if line else None
 
     def compare(self, gold: str, pred: str, timeout_s: float) -> bool | None:
         """The verdict, or None if the worker overran or died (it must then be replaced)."""
         try:
-            self.proc.stdin.write(json.dumps([gold, pred]) + "\n")
+            self._stdin.write(json.dumps([gold, pred]) + "\n")
         except BrokenPipeError:
             return None
         reply = self._read(timeout_s)
@@ -156,7 +158,7 @@ class _VerifyWorker:
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
+        for stream in (self._stdin, self._stdout):
             try:
                 stream.close()
             except OSError:

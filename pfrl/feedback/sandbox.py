@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import IO
+from typing import IO, ClassVar
 
 from pfrl.config import SandboxSection
 from pfrl.errors import UserError
@@ -47,13 +47,12 @@ class TestStatus(StrEnum):
     MEMORY = "memory"
     KILLED = "killed"  # output cap, a signal, or the sandbox itself died
 
+    __test__ = False  # a name pytest would otherwise try to collect (a dunder, so not a member)
+
     @property
     def ran(self) -> bool:
         """The program completed normally (its output means something)."""
         return self in (TestStatus.PASSED, TestStatus.OK, TestStatus.WRONG_OUTPUT)
-
-
-TestStatus.__test__ = False  # a name pytest would otherwise try to collect
 
 
 @dataclass(slots=True)
@@ -62,9 +61,7 @@ class TestResult:
     output: str = ""
     detail: str = ""
     elapsed_s: float = 0.0
-
-
-TestResult.__test__ = False
+    __test__: ClassVar[bool] = False  # not a test class, whatever pytest makes of its name
 
 
 @dataclass(slots=True)
@@ -111,6 +108,8 @@ class _HarnessRun:
             start_new_session=True,
             umask=0o022,  # bwrap-made dirs must stay traversable after the uid drop
         )
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both are pipes
+        self._stdout = self.proc.stdout
         self._buf = bytearray()
         self._max_line = cap + LINE_SLACK
         try:
@@ -119,7 +118,7 @@ class _HarnessRun:
         except BrokenPipeError:
             pass  # the harness died at start; next_line reports it
         self._sel = selectors.DefaultSelector()
-        self._sel.register(self.proc.stdout, selectors.EVENT_READ)
+        self._sel.register(self._stdout, selectors.EVENT_READ)
 
     def next_line(self, timeout_s: float) -> dict | None:
         """The next result, or None if the harness ended, stalled or wrote garbage."""
@@ -128,7 +127,7 @@ class _HarnessRun:
             left = deadline - time.monotonic()
             if left <= 0 or len(self._buf) > self._max_line or not self._sel.select(left):
                 return None
-            chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+            chunk = os.read(self._stdout.fileno(), 1 << 16)
             if not chunk:
                 return None
             self._buf += chunk
@@ -162,7 +161,7 @@ class _HarnessRun:
 
     def close(self) -> None:
         self._sel.close()
-        self.proc.stdout.close()
+        self._stdout.close()
         self._err.close()
 
 

@@ -81,9 +81,10 @@ def _call_case(test: ast.expr, names: set[str]) -> tuple[str, str, str] | None:
         return None
     if call.keywords or any(isinstance(a, ast.Starred) for a in call.args):
         return None
-    args = [_json_literal(a, exact=True) for a in call.args]
+    parsed = [_json_literal(a, exact=True) for a in call.args]
+    args = [a for a in parsed if a is not None]
     out = _json_literal(value, exact=False)
-    if out is None or any(a is None for a in args):
+    if out is None or len(args) < len(parsed):
         return None
     return call.func.id, "[" + ", ".join(args) + "]", out
 
@@ -119,7 +120,7 @@ def parse_asserts(
     asserts = [n for n in ast.walk(tree) if isinstance(n, ast.Assert)]
     if entry_point is None:
         entry_point = _guess_entry_point(asserts, set(defined))
-    names = {entry_point, *aliases} - {None}
+    names = {n for n in (entry_point, *aliases) if n is not None}
     cases = AssertCases(entry_point, asserts=len(asserts))
     for node in sorted(asserts, key=lambda n: (n.lineno, n.col_offset)):
         case = _call_case(node.test, names)

@@ -42,7 +42,7 @@ class CodeDifficulty:
     num_tests: int = 6
 
 
-def _int_problem(rng: random.Random, d: CodeDifficulty) -> tuple[str, str, list[str], list[str]]:
+def _int_problem(rng: random.Random, d: CodeDifficulty) -> tuple[str, str, str, list[str], list[str]]:
     """`f(x)`: apply a chain of integer operations."""
     words, body, fns = [], "x", []
     for _ in range(rng.randint(d.min_ops, d.max_ops)):
@@ -65,7 +65,7 @@ def _int_problem(rng: random.Random, d: CodeDifficulty) -> tuple[str, str, list[
     return name, desc, code, [json.dumps([x]) for x in xs], [json.dumps(v) for v in outs]
 
 
-def _list_problem(rng: random.Random, d: CodeDifficulty) -> tuple[str, str, list[str], list[str]]:
+def _list_problem(rng: random.Random, d: CodeDifficulty) -> tuple[str, str, str, list[str], list[str]]:
     """`f(xs)`: a list reducer, optionally followed by one integer operation."""
     w, expr, fn = rng.choice(LIST_OPS)
     name = rng.choice(["reduce_list", "summarize", "pick"])

@@ -15,6 +15,7 @@ Every name here starts with `pfrl_` / `_pfrl`: vLLM rejects extensions that shad
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,12 @@ def refresh_tied_layers(model: torch.nn.Module) -> int:
 
 class WeightSyncExtension:
     """Methods vLLM adds to its worker class; called via `llm.collective_rpc("pfrl_...")`."""
+
+    # Provided by vLLM's worker class, which this extension is mixed into.
+    model_runner: Any
+    vllm_config: Any
+    rank: int
+    reload_weights: Callable[..., None]
 
     def _pfrl(self) -> _WorkerState:
         state = getattr(self, "_pfrl_state", None)

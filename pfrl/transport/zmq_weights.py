@@ -53,8 +53,8 @@ class ZmqWeightSender:
 
     def __init__(self, addrs: list[str], timeout_s: float):
         self._timeout_ms = int(timeout_s * 1000)
-        ctx = zmq.Context.instance()
-        self._socks = []
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._socks: list[tuple[str, zmq.Socket[bytes]]] = []
         for addr in addrs:
             sock = ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, HWM)
@@ -67,7 +67,9 @@ class ZmqWeightSender:
         for addr, sock in self._socks:
             if not sock.poll(self._timeout_ms, zmq.POLLOUT):
                 raise SyncError(f"weight receiver {addr} took nothing for {self._timeout_ms / 1000:.0f}s")
-            trackers.append(sock.send_multipart(frames, copy=False, track=True))
+            tracker = sock.send_multipart(frames, copy=False, track=True)
+            assert tracker is not None, "track=True always returns a tracker"
+            trackers.append(tracker)
 
     def send(self, version: int, buckets: Iterable[Named]) -> tuple[int, int]:
         """Send every bucket then the end marker; returns (buckets, payload bytes per receiver)."""
@@ -98,7 +100,7 @@ class ZmqWeightReceiver:
     """One PULL socket, bound for the life of the worker; `receive` yields one version's tensors."""
 
     def __init__(self, host: str | None = None):
-        self._sock = zmq.Context.instance().socket(zmq.PULL)
+        self._sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PULL)
         self._sock.setsockopt(zmq.RCVHWM, HWM)
         self._sock.setsockopt(zmq.LINGER, 0)
         host = host or node_ip()
