@@ -17,11 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from pfrl.config import LearnerSection, LoraSection
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 ADAPTER = "default"  # peft's name for the one adapter pfrl trains
 
@@ -63,9 +66,14 @@ def is_lora(module: torch.nn.Module) -> bool:
     return hasattr(module, "peft_config") and hasattr(module, "get_base_model")
 
 
-def plain_model(module: torch.nn.Module) -> torch.nn.Module:
+def plain_model(module: torch.nn.Module) -> PreTrainedModel:
     """The transformers model under a peft wrapper (whose `save_pretrained` writes adapters only)."""
-    return module.get_base_model() if is_lora(module) else module
+    base = _base_model(module) if is_lora(module) else module
+    return cast("PreTrainedModel", base)  # the learner only ever trains transformers models
+
+
+def _base_model(module: torch.nn.Module) -> torch.nn.Module:
+    return cast(Any, module).get_base_model()
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,7 @@ class _Merged:
 def _merged_entries(module: torch.nn.Module) -> list[_Merged]:
     from peft.tuners.lora import LoraLayer
 
-    base = module.get_base_model()
+    base = _base_model(module)
     layers = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
     out = []
     for name, p in base.named_parameters():  # deduplicated: a tied embedding appears once

@@ -17,6 +17,8 @@ from pathlib import Path
 from pfrl.errors import UserError
 
 PROBE_PREFIX = ".pfrl-node-check-"
+# One zero-CPU task reading one small file per node: a node slower than this is not usable anyway.
+PROBE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def read_on_every_node(path: str, timeout_s: float) -> list[NodeRead]:
 
 def check_run_dir_shared(
     run_dir: str | Path,
-    timeout_s: float,
+    timeout_s: float = PROBE_TIMEOUT_S,
     read_all: Callable[[str, float], list[NodeRead]] = read_on_every_node,
 ) -> int:
     """Raise a one-line UserError naming the first node that cannot see `run_dir`'s probe file;

@@ -330,7 +330,7 @@ class LoraSection(Section):
     generators, saved models, the reference refresh), so vLLM and transformers see a plain model."""
 
     rank: int = Field(0, ge=0, description="Adapter rank; 0: no adapters (full fine-tuning).")
-    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (the update is alpha / rank x B A).")
+    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (the update is alpha / rank x B A).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input.")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],

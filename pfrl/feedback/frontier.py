@@ -306,7 +306,9 @@ def outputs_from_reference(sandbox: Sandbox, problems: list[Problem]) -> list[Pr
     that completed become `reference_test_outputs` (inputs it failed on are dropped). Problems without
     a program or frontier inputs are unchanged."""
     todo = [p for p in problems if p.reference and p.reference_test_inputs]
-    jobs = [SandboxJob(extract_program(p.reference), p.reference_test_inputs, p.entry_point) for p in todo]
+    jobs = [
+        SandboxJob(extract_program(p.reference or ""), p.reference_test_inputs, p.entry_point) for p in todo
+    ]
     done: dict[str, Problem] = {}
     for p, results in zip(todo, sandbox.run_many(jobs), strict=True):
         kept = [(i, r.output) for i, r in zip(p.reference_test_inputs, results, strict=True) if r.status.ran]
