@@ -72,8 +72,8 @@ def vllm_batching_kwargs(max_num_seqs: int, max_model_len: int) -> dict:
 
 def vllm_process_kwargs(tensor_parallel_size: int, in_process: bool = True) -> dict:
     """Where vLLM runs its engine core and worker. In this process (the `uni` executor, no engine
-    subprocess) when allowed and there is one worker: on the 2-core CPU machine the engine then
-    started in 4.5 s instead of 31 s (two fewer interpreters importing torch and vLLM). A
+    subprocess) when allowed and there is one worker: two fewer interpreters importing torch and vLLM
+    make the engine start several times faster (docs/benchmarks.md has the figure). A
     tensor-parallel engine needs a process per worker, so it keeps vLLM's default. vLLM reads
     VLLM_ENABLE_V1_MULTIPROCESSING when the engine starts, hence it is set here."""
     if not in_process or tensor_parallel_size != 1:
@@ -83,7 +83,7 @@ def vllm_process_kwargs(tensor_parallel_size: int, in_process: bool = True) -> d
 
 
 def vllm_engine_kwargs(gpu_memory_utilization: float = 0.3, kvcache_gb: int = 1, enforce_eager: bool = True) -> dict:
-    """vLLM `LLM(...)` settings for this machine. On CPU, gpu_memory_utilization is a share of host
+    """vLLM `LLM(...)` settings for this host's device. On CPU, gpu_memory_utilization is a share of host
     RAM and the KV cache is sized by VLLM_CPU_KVCACHE_SPACE (GiB), read when the engine starts."""
     if has_cuda():
         return {"gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": enforce_eager}
