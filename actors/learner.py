@@ -58,7 +58,6 @@ class LearnerActor:
         learner_cfg: dict,
         model_cfg: dict,
         seed: int,
-        total_steps: int,
         master_addr: str,
         master_port: int,
         local_rank: int,
@@ -84,7 +83,6 @@ class LearnerActor:
             LearnerSection.model_validate(learner_cfg),
             ModelSection.model_validate(model_cfg),
             seed,
-            total_steps,
         )
         return self._engine.state()
 
@@ -97,10 +95,10 @@ class LearnerActor:
     def set_peers(self, peers: list) -> None:
         self.peers = list(peers)
 
-    def train_step(self, pairs_msg: bytes) -> dict[str, float]:
+    def train_step(self, pairs_msg: bytes, lr: float | None = None) -> dict[str, float]:
         from pfrl.types import decode
 
-        return self._engine.train_step(decode(pairs_msg))
+        return self._engine.train_step(decode(pairs_msg), lr)
 
     def refresh_reference(self) -> None:
         self._engine.refresh_reference()

@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,13 +31,16 @@ from learner.batching import (
 from learner.dist import compute_dtype, init_distributed, quiet_deepspeed
 from learner.loss import dpo_loss
 from learner.memory import plain_model, with_lora, with_offload
-from learner.optim import build_optimizer, deepspeed_config, reference_deepspeed_config, scheduler_factory
+from learner.optim import build_optimizer, deepspeed_config, reference_deepspeed_config
 from learner.reference import ReferenceModel, load_causal_lm
 from learner.weights import iter_weight_buckets
 from pfrl.config import LearnerSection, ModelSection
 from pfrl.errors import UserError
 from pfrl.model_dir import check_model_dir
 from pfrl.types import PreferencePair
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Bucket for internal gathers (saves, reference refresh): bounds their extra memory per rank.
 GATHER_BUCKET_BYTES = 256 << 20
@@ -55,9 +59,10 @@ LOSS_KEYS = (
 
 class DPOEngine:
     def __init__(
-        self, model_path: str, cfg: LearnerSection, model_cfg: ModelSection, seed: int, total_steps: int
+        self, model_path: str, cfg: LearnerSection, model_cfg: ModelSection, seed: int
     ):
-        """`total_steps` is the cosine horizon unless `cfg.total_steps` overrides it."""
+        """The learning rate is the caller's: each `train_step` names its own (learner/optim.lr_at),
+        because the online loop sizes each iteration's schedule from the pairs it really trains."""
         import deepspeed
         from transformers import AutoTokenizer
 
@@ -71,11 +76,9 @@ class DPOEngine:
         self.pad_id = pad_token_id(self.tokenizer)
         attn = model_cfg.attn_implementation
         policy = with_lora(load_causal_lm(model_path, self.dtype, cfg.grad_checkpointing, attn), cfg.lora)
-        horizon = cfg.total_steps if cfg.total_steps is not None else total_steps
         self.engine = deepspeed.initialize(
             model=policy,
             optimizer=build_optimizer(policy, cfg),
-            lr_scheduler=scheduler_factory(cfg, horizon),
             config=with_offload(deepspeed_config(cfg, self.dtype, self.world_size), cfg),
         )[0]
         self.device = self.engine.device
@@ -84,13 +87,17 @@ class DPOEngine:
             ref_ds = with_offload(reference_deepspeed_config(cfg, self.dtype, self.world_size), cfg, params_only=True)
         self.reference = ReferenceModel(model_path, self.dtype, self.device, ref_ds, attn)
         self.step = 0
+        self.reference_step = 0  # the policy step the reference model was copied from
 
     # ---- training -------------------------------------------------------------------------
-    def train_step(self, pairs: list[PreferencePair]) -> dict[str, float]:
-        """One optimizer step over this rank's pairs; metrics are prefixed `learner/`."""
+    def train_step(self, pairs: list[PreferencePair], lr: float | None = None) -> dict[str, float]:
+        """One optimizer step over this rank's pairs at learning rate `lr` (None: the peak
+        `learner.lr`); metrics are prefixed `learner/`."""
         if not pairs:
             raise ValueError("train_step needs at least one pair per rank")
         start = time.perf_counter()
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = self.cfg.lr if lr is None else lr
         items = tokenize_pairs(self.tokenizer, pairs, self.model_cfg.max_length)
         plan, global_pairs = self._plan(items)
         self.engine.train()
@@ -113,6 +120,7 @@ class DPOEngine:
             {
                 "learner/grad_norm": grad_norm,
                 "learner/lr": lr,
+                "learner/reference_version": float(self.reference_step),
                 "learner/pairs": float(len(items)),
                 "learner/tokens": float(tokens),
                 "learner/micro_batches": float(len(plan)),
@@ -176,6 +184,7 @@ class DPOEngine:
     def refresh_reference(self) -> None:
         """The reference becomes a copy of the current policy (at iteration boundaries)."""
         self.reference.refresh_from(self.engine.module, GATHER_BUCKET_BYTES)
+        self.reference_step = self.step
 
     def named_weight_buckets(self, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
         """Full-named CPU tensors (rank 0; other ranks get empty buckets but must iterate too under
@@ -194,8 +203,9 @@ class DPOEngine:
 
     # ---- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self, ckpt_dir: str | Path, tag: str) -> None:
-        """Model, optimizer and scheduler (DeepSpeed), reference weights and the step counter."""
-        self.engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"pfrl_step": self.step})
+        """Model and optimizer (DeepSpeed), reference weights and the step counters."""
+        client_state = {"pfrl_step": self.step, "pfrl_reference_step": self.reference_step}
+        self.engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state)
         self.reference.save(Path(ckpt_dir) / tag / REFERENCE_FILE, self.rank, GATHER_BUCKET_BYTES)
         self._barrier()
 
@@ -206,12 +216,13 @@ class DPOEngine:
                 f"{Path(ckpt_dir) / tag}: not a complete learner checkpoint (no {REFERENCE_FILE})"
             )
         path, client_state = self.engine.load_checkpoint(
-            str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+            str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
         )
         if path is None:
             raise UserError(f"{Path(ckpt_dir) / tag}: DeepSpeed could not load this checkpoint")
         self.reference.load(ref_path, GATHER_BUCKET_BYTES)
         self.step = int(client_state["pfrl_step"])
+        self.reference_step = int(client_state["pfrl_reference_step"])
 
     def state(self) -> dict[str, float]:
         return {"step": self.step, "lr": float(self.engine.get_lr()[0])}
@@ -230,7 +241,7 @@ def check_out_dir(out: str | Path) -> None:
         raise UserError(f"{p}: exists and is not a model directory; refusing to replace it")
 
 
-def write_hf_dir(module: torch.nn.Module, tokenizer, state: dict[str, torch.Tensor], out: Path) -> None:
+def write_hf_dir(module: PreTrainedModel, tokenizer, state: dict[str, torch.Tensor], out: Path) -> None:
     """Write into a sibling temp dir, then swap it in: a crash never leaves a half-written model."""
     check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)

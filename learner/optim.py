@@ -7,7 +7,6 @@ either device). Norm weights and biases are not decayed, as in the usual transfo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,31 +29,22 @@ def build_optimizer(model: torch.nn.Module, cfg: LearnerSection) -> torch.optim.
     )
 
 
-def lr_factor(step: int, cfg: LearnerSection, total_steps: int) -> float:
-    """Multiplier of the peak lr for the optimizer step with index `step` (0-based).
+def lr_at(step: int, horizon: int, cfg: LearnerSection) -> float:
+    """The learning rate of the optimizer step with index `step` (0-based) of a schedule that spans
+    `horizon` steps (an iteration of the online loop, or a whole `pfrl dpo` run).
 
-    Warmup ramps linearly and reaches the peak on its last step (the first step is not wasted at
-    lr 0); the cosine then falls to `min_lr_ratio` at `total_steps`, and stays there beyond it."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
+    Warmup ramps linearly over `warmup_ratio` of the horizon and reaches the peak on its last step
+    (the first step is not wasted at lr 0); the cosine then falls towards `min_lr_ratio x lr`, which
+    it reaches only at `horizon`, and holds there should a run outlast its estimate. The floor is
+    above zero by the schema, so no step ever trains at lr 0."""
+    warmup = round(cfg.warmup_ratio * horizon)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
     if cfg.schedule == "constant":
-        return 1.0
-    span = max(1, total_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
+        return cfg.lr
+    progress = min(1.0, (step - warmup) / max(1, horizon - warmup))
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
-
-
-def scheduler_factory(
-    cfg: LearnerSection, total_steps: int
-) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LambdaLR]:
-    """DeepSpeed calls this with the optimizer it wraps, so the schedule drives the real param groups
-    and is saved/restored with its checkpoints."""
-
-    def factor(step: int) -> float:
-        return lr_factor(step, cfg, total_steps)
-
-    return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
 
 
 def deepspeed_config(cfg: LearnerSection, dtype: torch.dtype, world_size: int) -> dict[str, Any]:

@@ -125,16 +125,18 @@ class GeneratorSection(Section):
         "pause = stop it at the next engine step, swap, and sample its unfinished prompts again under the new "
         "weights. Either way each group comes from one policy version and no request sees half-updated weights."
     )
-    stall_timeout_s: float = Field(
-        300.0, gt=0, description="A generator whose rollouts find no room downstream for this long is reported stalled."
+    restart_timeout_s: float = Field(
+        300.0, gt=0, description="Time allowed for Ray to bring a dead generator back (engine start included) "
+        "before the run fails."
     )
     max_restarts: int = Field(3, ge=-1, description="Ray restarts of a dead generator actor (-1: unlimited).")
 
 
 class SandboxSection(Section):
     backend: Literal["auto", "bwrap", "unshare", "none"] = Field(
-        "auto", description="Isolation: bubblewrap, util-linux unshare, or none (rlimits only). auto: the best "
-        "one that works here (bwrap, then unshare, then none with a logged warning)."
+        "auto", description="Isolation: bubblewrap, util-linux unshare, or none (rlimits only, not isolated). "
+        "auto: bwrap, else unshare (with a console line and sandbox/isolation_level below 2); never none, which "
+        "runs only when named here: auto fails instead."
     )
     timeout_s: float = Field(2.0, gt=0, description="Wall-clock limit per test.")
     cpu_s: int = Field(2, ge=1, description="CPU-seconds limit per test and process (RLIMIT_CPU).")
@@ -152,8 +154,9 @@ class SandboxSection(Section):
         20.0, gt=0, description="Time allowed for the sandbox and interpreter to start before the first result."
     )
     uid_base: int = Field(
-        2_000_000_000, ge=1000, description="As root, programs run as uid_base + an offset per pool slot and "
-        "process: an unprivileged uid no real account uses, so process limits and file permissions bite."
+        2_000_000_000, ge=1000, le=2**31 - 2, description="As root, programs run as uid_base + an offset per "
+        "pool slot and process (up to 2^31 above it): an unprivileged uid no real account uses, so process "
+        "limits and file permissions bite."
     )
     python: str | None = Field(
         None, description="Interpreter that runs programs. None: the base interpreter of the running Python "
@@ -350,9 +353,14 @@ class LearnerSection(Section):
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
     adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
     schedule: Literal["warmup_cosine", "constant"] = Field("warmup_cosine", description="LR schedule.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
-    total_steps: int | None = Field(None, ge=1, description="Cosine horizon (None: run.max_steps or derived).")
-    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="warmup_cosine: the lr the cosine ends at, as a share of lr.")
+    warmup_ratio: float = Field(
+        0.05, ge=0, lt=1, description="Linear warmup over this share of each iteration's steps (the paper's "
+        "trainer: a warmup proportion, then DeepSpeed's WarmupCosineLR)."
+    )
+    min_lr_ratio: float = Field(
+        0.1, gt=0, le=1, description="warmup_cosine: the floor the cosine falls to at the end of each "
+        "iteration, as a share of lr (above zero: a step never trains at lr 0)."
+    )
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
     pairs_per_step: int = Field(8, ge=1, description="Preference pairs per optimizer step (global batch).")
     micro_batch_pairs: int = Field(4, ge=1, description="Pairs per micro-batch (gradient accumulation splits the step).")
@@ -388,14 +396,19 @@ class LearnerSection(Section):
 class BufferSection(Section):
     capacity: int = Field(512, ge=1, description="Maximum pairs held; the oldest are evicted (counted).")
     max_policy_lag: int = Field(
-        1, ge=0, description="Drop pairs sampled more than this many policy versions ago. 0: strict lockstep."
+        1, ge=0, description="Drop pairs sampled by weights more than this many versions older than the newest "
+        "weights published to the generators (with sync.every_steps k the learner may be up to lag + k - 1 of its "
+        "own steps ahead of a pair it trains on). 0: strict lockstep."
     )
     sampling: Literal["fifo", "freshest"] = Field("fifo", description="Order in which pairs leave the buffer.")
     dedupe: bool = Field(True, description="Drop identical (prompt, chosen, rejected) pairs.")
 
 
 class SyncSection(Section):
-    every_steps: int = Field(1, ge=1, description="Publish weights to generators every N learner steps.")
+    every_steps: int = Field(
+        1, ge=1, description="Publish weights to generators every N learner steps (and before every evaluation). "
+        "Staleness (buffer.max_policy_lag) is measured against the last published weights, so any N makes progress."
+    )
     transport: Literal["auto", "collective", "zmq"] = Field(
         "auto", description="auto: collective (NCCL) on GPUs, zmq on CPU / where no group can be formed."
     )
@@ -470,6 +483,10 @@ class PfrlConfig(Section):
     def _consistent(self) -> PfrlConfig:
         if self.learner.pairs_per_step % self.learner.num_learners:
             raise ValueError("learner.pairs_per_step must be a multiple of learner.num_learners")
+        if self.learner.pairs_per_step > self.buffer.capacity:
+            # A full step never fits in the buffer: only an iteration's tail would ever train.
+            raise ValueError(f"learner.pairs_per_step ({self.learner.pairs_per_step}) exceeds buffer.capacity "
+                             f"({self.buffer.capacity}): no full step would ever fit in the buffer")
         if self.run.task != "code" and any(p.pair_strategy == "margin" for p in self.labeller.plans()):
             raise ValueError("labeller.pair_strategy=margin applies to run.task=code only")
         if self.run.task == "code" and self.labeller.min_successful_programs > self.generator.n_samples:

@@ -66,10 +66,10 @@ class Fleet:
     generator_instances: list[str] = field(default_factory=list)  # each generator's instance at start
 
     @classmethod
-    def start(cls, cfg: PfrlConfig, model_path: str, total_steps: int) -> Fleet:
+    def start(cls, cfg: PfrlConfig, model_path: str) -> Fleet:
         fleet = cls()
         try:
-            fleet._start_learner(cfg, model_path, total_steps)
+            fleet._start_learner(cfg, model_path)
             fleet._start_generators(cfg, model_path)
             fleet._start_labellers(cfg)
         except BaseException:
@@ -77,11 +77,11 @@ class Fleet:
             raise
         return fleet
 
-    def _start_learner(self, cfg: PfrlConfig, model_path: str, total_steps: int) -> None:
+    def _start_learner(self, cfg: PfrlConfig, model_path: str) -> None:
         from pfrl.learner_group import LearnerGroup
 
         console.print(f"starting {cfg.learner.num_learners} learner rank(s) (DeepSpeed ZeRO-{cfg.learner.zero_stage})")
-        self.learner = LearnerGroup(cfg, model_path, cfg.run.seed, total_steps)
+        self.learner = LearnerGroup(cfg, model_path, cfg.run.seed)
 
     def _start_generators(self, cfg: PfrlConfig, model_path: str) -> None:
         import ray

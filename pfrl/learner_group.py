@@ -66,7 +66,6 @@ class LearnerGroup:
         cfg: PfrlConfig,
         model_path: str,
         seed: int,
-        total_steps: int,
         placement_group: PlacementGroup | None = None,
         bundle_offset: int = 0,
     ):
@@ -79,7 +78,7 @@ class LearnerGroup:
         self.pg = placement_group if placement_group is not None else self._make_placement_group()
         self.actors = [self._spawn(r, bundle_offset + r) for r in range(self.world_size)]
         try:
-            self._init_engines(model_path, seed, total_steps)
+            self._init_engines(model_path, seed)
         except BaseException:
             self.shutdown()
             raise
@@ -113,12 +112,12 @@ class LearnerGroup:
             num_cpus=c.learner_cpus, num_gpus=c.learner_gpus, scheduling_strategy=strategy
         ).remote(rank, self.world_size)
 
-    def _init_engines(self, model_path: str, seed: int, total_steps: int) -> None:
+    def _init_engines(self, model_path: str, seed: int) -> None:
         ips = ray.get([a.node_ip.remote() for a in self.actors], timeout=self._timeout)
         addr, port = ray.get(self.rank0.rendezvous.remote(), timeout=self._timeout)
         learner_cfg, model_cfg = self.cfg.learner.model_dump(), self.cfg.model.model_dump()
         refs = [
-            a.init.remote(_abs(model_path), learner_cfg, model_cfg, seed, total_steps, addr, port, lr)
+            a.init.remote(_abs(model_path), learner_cfg, model_cfg, seed, addr, port, lr)
             for a, lr in zip(self.actors, local_ranks(ips), strict=True)
         ]
         ray.get(refs, timeout=self._timeout)
@@ -128,12 +127,12 @@ class LearnerGroup:
     def _all(self, method: str, *args) -> list:
         return ray.get([getattr(a, method).remote(*args) for a in self.actors])
 
-    def train_step(self, pairs: Sequence[PreferencePair]) -> dict[str, float]:
-        """One optimizer step over the global batch `pairs` (at least one pair per rank)."""
+    def train_step(self, pairs: Sequence[PreferencePair], lr: float | None = None) -> dict[str, float]:
+        """One optimizer step over the global batch `pairs` (at least one pair per rank) at `lr`."""
         if len(pairs) < self.world_size:
             raise ValueError(f"{len(pairs)} pairs cannot feed {self.world_size} learner ranks")
         shares = [encode(list(pairs[r :: self.world_size])) for r in range(self.world_size)]
-        refs = [a.train_step.remote(s) for a, s in zip(self.actors, shares, strict=True)]
+        refs = [a.train_step.remote(s, lr) for a, s in zip(self.actors, shares, strict=True)]
         return merge_metrics(ray.get(refs))
 
     def refresh_reference(self) -> None:

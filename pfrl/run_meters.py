@@ -80,7 +80,7 @@ class RunMeters:
         for key, name in _DPO_KEYS.items():
             if f"learner/{key}" in learner:
                 out[name] = learner[f"learner/{key}"]
-        for key in ("learner/lr", "learner/grad_norm"):
+        for key in ("learner/lr", "learner/grad_norm", "learner/reference_version"):
             if key in learner:
                 out[key] = learner[key]
         self._last_step_end = now

@@ -10,8 +10,8 @@ from pfrl.config import LearnerSection, ModelSection
 def make_engine(model: str, **overrides):
     from learner.engine import DPOEngine
 
-    cfg = LearnerSection(**{"lr": 1e-3, "warmup_steps": 1, "micro_batch_pairs": 4, **overrides})
-    return DPOEngine(model, cfg, ModelSection(max_length=256), seed=0, total_steps=12)
+    cfg = LearnerSection(**{"lr": 1e-3, "micro_batch_pairs": 4, **overrides})
+    return DPOEngine(model, cfg, ModelSection(max_length=256), seed=0)
 
 
 def weights(engine) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ from pfrl.config import LearnerSection, ModelSection, load_config
 
 pytestmark = pytest.mark.slow
 
-COMMON = ["learner.lr=1e-3", "learner.warmup_steps=1", "model.max_length=256"]
+COMMON = ["learner.lr=1e-3", "model.max_length=256"]
 KEYS = ("learner/loss", "learner/reward_chosen", "learner/margin", "learner/grad_norm", "learner/tokens")
 
 
@@ -41,7 +41,7 @@ def baseline(tiny_math_model, pairs):
     torch.set_num_threads(1)  # see test_learner_engine.one_thread
     cfg = load_config(None, COMMON)
     lc = LearnerSection(**{**cfg.learner.model_dump(), "zero_stage": 0, "micro_batch_pairs": 8})
-    engine = DPOEngine(tiny_math_model, lc, ModelSection(max_length=256), seed=0, total_steps=12)
+    engine = DPOEngine(tiny_math_model, lc, ModelSection(max_length=256), seed=0)
     metrics = [engine.train_step(b) for b in batches(pairs)]
     w = full_weights(engine.named_weight_buckets(1 << 20))
     torch.set_num_threads(threads)
@@ -52,7 +52,7 @@ def start_group(model: str, overrides: list[str]):
     from pfrl.learner_group import LearnerGroup
 
     cfg = load_config(None, [*COMMON, "learner.num_learners=2", "cluster.learner_cpus=0.5", *overrides])
-    return LearnerGroup(cfg, model, seed=0, total_steps=12)
+    return LearnerGroup(cfg, model, seed=0)
 
 
 def assert_same_steps(metrics, baseline_metrics) -> None:

@@ -2,32 +2,31 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
-from learner.optim import deepspeed_config, lr_factor, param_groups
+from learner.optim import deepspeed_config, lr_at, param_groups
 from pfrl.config import LearnerSection
 
 
-def test_warmup_then_cosine_to_zero():
-    cfg = LearnerSection(warmup_steps=4, schedule="warmup_cosine")
-    factors = [lr_factor(s, cfg, total_steps=14) for s in range(16)]
-    assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # no step is spent at lr 0
-    assert factors[4] == pytest.approx(1.0)
-    # halfway through the 10 cosine steps the factor is 0.5
-    assert factors[9] == pytest.approx(0.5)
-    assert factors[14] == pytest.approx(0.0, abs=1e-12) and factors[15] == pytest.approx(0.0, abs=1e-12)
-    assert all(a >= b for a, b in zip(factors[4:], factors[5:], strict=False))
+def test_warmup_then_cosine_to_the_floor():
+    cfg = LearnerSection(lr=1.0, warmup_ratio=0.25, min_lr_ratio=0.1, schedule="warmup_cosine")
+    lrs = [lr_at(s, 16, cfg) for s in range(18)]
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # no step is spent at lr 0
+    assert lrs[4] == pytest.approx(1.0)
+    # halfway through the 12 cosine steps the lr is halfway between the peak and the floor
+    assert lrs[10] == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lrs[16] == pytest.approx(0.1) and lrs[17] == pytest.approx(0.1)  # held at the floor beyond
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False))
+    assert min(lrs) > 0
 
 
-def test_cosine_floor_and_constant():
-    cfg = LearnerSection(schedule="warmup_cosine", min_lr_ratio=0.1)
-    assert lr_factor(10, cfg, total_steps=10) == pytest.approx(0.1)
-    assert lr_factor(5, cfg, total_steps=10) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
-    const = LearnerSection(schedule="constant", warmup_steps=2)
-    assert [lr_factor(s, const, 10) for s in range(4)] == pytest.approx([0.5, 1.0, 1.0, 1.0])
+def test_floor_must_be_above_zero_and_constant_holds_the_peak():
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        LearnerSection(min_lr_ratio=0.0)
+    const = LearnerSection(lr=2.0, schedule="constant", warmup_ratio=0.2)
+    assert [lr_at(s, 10, const) for s in range(4)] == pytest.approx([1.0, 2.0, 2.0, 2.0])
+    assert lr_at(0, 1, LearnerSection(lr=2.0)) == pytest.approx(2.0)  # a one-step schedule trains at the peak
 
 
 def test_norms_and_biases_are_not_decayed():

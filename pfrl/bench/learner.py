@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(cfg.run.seed)
         plain = PlainDPOLoop(model, lc, cfg.model, device)
-        engine = DPOEngine(model, lc, cfg.model, cfg.run.seed, total_steps=len(batches))
+        engine = DPOEngine(model, lc, cfg.model, cfg.run.seed)
         tps = _time_interleaved(
             {"plain": plain.train_step, "engine": lambda b: int(engine.train_step(b)["learner/tokens"])},
             batches,

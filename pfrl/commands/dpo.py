@@ -15,6 +15,10 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pfrl.config import LearnerSection
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,12 +60,12 @@ def epoch_batches(
 
 
 @contextmanager
-def open_learner(cfg, model_path: str, total_steps: int) -> Iterator:
+def open_learner(cfg, model_path: str) -> Iterator:
     """A DPOEngine in this process for one rank; a Ray learner group for more."""
     if cfg.learner.num_learners == 1:
         from learner.engine import DPOEngine
 
-        yield DPOEngine(model_path, cfg.learner, cfg.model, cfg.run.seed, total_steps)
+        yield DPOEngine(model_path, cfg.learner, cfg.model, cfg.run.seed)
         return
     import ray
 
@@ -71,7 +75,7 @@ def open_learner(cfg, model_path: str, total_steps: int) -> Iterator:
     started = start_ray(cfg)
     group = None
     try:
-        group = LearnerGroup(cfg, model_path, cfg.run.seed, total_steps)
+        group = LearnerGroup(cfg, model_path, cfg.run.seed)
         yield group
     finally:
         if group is not None:
@@ -81,8 +85,10 @@ def open_learner(cfg, model_path: str, total_steps: int) -> Iterator:
 
 
 def _train(
-    learner, batches: list[list], show_progress: bool, metrics_out: str | None
+    learner, batches: list[list], cfg: LearnerSection, show_progress: bool, metrics_out: str | None
 ) -> list[dict[str, float]]:
+    """All the batches as one schedule (warmup, cosine to the floor over exactly these steps)."""
+    from learner.optim import lr_at
     from pfrl.console import progress_bar
 
     history: list[dict[str, float]] = []
@@ -93,7 +99,7 @@ def _train(
         with bar:
             task = bar.add_task("dpo", total=len(batches), info="")
             for step, batch in enumerate(batches):
-                m = learner.train_step(batch)
+                m = learner.train_step(batch, lr_at(step, len(batches), cfg))
                 history.append(m)
                 if sink:
                     sink.write(json.dumps({"step": step + 1, **m}) + "\n")
@@ -164,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     start = time.perf_counter()
-    with open_learner(cfg, args.model, len(batches)) as learner:
-        history = _train(learner, batches, not args.no_progress, args.metrics_out)
+    with open_learner(cfg, args.model) as learner:
+        history = _train(learner, batches, lc, not args.no_progress, args.metrics_out)
         learner.save_hf(args.out)
     print(f"pfrl dpo: {_summary(history, time.perf_counter() - start, len(batches) // lc.epochs)}")
     print(f"pfrl dpo: model written to {args.out}")
