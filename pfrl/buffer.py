@@ -1,8 +1,9 @@
 """Streaming replay buffer of preference pairs, bounded in size and in staleness.
 
 Pairs are consumed once (on-policy DPO): `take` removes what it returns. A pair sampled by policy
-version v may be trained while `current - v <= max_policy_lag`; older pairs are dropped and
-counted. Every drop is also queued for `take_dropped()`, so the controller can account for each
+version v may be trained while `reference - v <= max_policy_lag`, where the caller's reference is
+the newest version published to the generators (pfrl/issue_policy.py says why); older pairs are
+dropped and counted. Every drop is also queued for `take_dropped()`, so the controller can account for each
 prompt in the ledger. The whole state round-trips through `state_dict()` for checkpoints.
 """
 
@@ -96,10 +97,7 @@ class ReplayBuffer:
         out, self._dropped = self._dropped, []
         return out
 
-    def lag_histogram(self, current_version: int) -> dict[int, int]:
-        return dict(sorted(Counter(current_version - p.policy_version for p in self._pairs.values()).items()))
-
-    def stats(self, current_version: int) -> dict[str, float]:
+    def stats(self) -> dict[str, float]:
         return {
             "buffer/size": len(self._pairs),
             "buffer/added": self.added,

@@ -9,3 +9,7 @@ class UserError(Exception):
 
 class SyncError(RuntimeError):
     """A weight sync failed: a peer vanished, timed out, or sent a malformed stream."""
+
+
+class RunFailed(Exception):
+    """An actor failed in a way the run cannot survive; the message names it and the cause."""

@@ -1,7 +1,9 @@
 """The run's ledger: one JSON line per prompt outcome, the proof that nothing was lost or repeated.
 
-`RUN_DIR/ledger.jsonl` lines: {"iteration", "prompt_id", "outcome", "pairs", "step"} with outcome
-trained | no_pair | stale | skipped. A checkpoint records how many lines existed; on resume the
+`RUN_DIR/ledger.jsonl` lines: {"iteration", "prompt_id", "outcome", "pairs", "step", "reason"} with
+outcome trained (at least one of its pairs was trained) | no_pair (labelling made no pair; `reason`
+says why, e.g. the labeller's skip reason) | stale (every pair was dropped before training; `reason`
+names the drop). A checkpoint records how many lines existed; on resume the
 file is cut back to that count (lines past the checkpoint are rolled back) and their prompts are
 processed again. After an iteration completes, each prompt of its split appears exactly once.
 """
@@ -12,18 +14,29 @@ import json
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 
-OUTCOMES = ("trained", "no_pair", "stale", "skipped")
+
+class Outcome(StrEnum):
+    """What became of a prompt. A str enum: it is written to JSON as its plain value."""
+
+    TRAINED = "trained"
+    NO_PAIR = "no_pair"
+    STALE = "stale"
 
 
 @dataclass(frozen=True)
 class LedgerLine:
     iteration: int
     prompt_id: str
-    outcome: str
+    outcome: Outcome
     pairs: int
     step: int
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outcome", Outcome(self.outcome))  # read back from JSON as a str
 
 
 class Ledger:
@@ -35,9 +48,7 @@ class Ledger:
         self._fh = self.path.open("a", encoding="utf-8")
 
     def record(self, line: LedgerLine) -> None:
-        if line.outcome not in OUTCOMES:
-            raise ValueError(f"unknown ledger outcome {line.outcome!r}")
-        self._fh.write(json.dumps(asdict(line)) + "\n")
+        self._fh.write(json.dumps({**asdict(line), "outcome": line.outcome.value}) + "\n")
         self.lines += 1
 
     def flush(self) -> None:
@@ -66,7 +77,8 @@ def read_ledger(path: str | Path) -> list[LedgerLine]:
 
 
 def audit(lines: list[LedgerLine], splits: dict[int, list[str]]) -> dict:
-    """Per iteration: prompts missing from the ledger, prompts recorded more than once, outcomes."""
+    """Per iteration: prompts missing from the ledger, prompts recorded more than once, prompts
+    recorded that are not in the split at all, and the outcomes."""
     report = {}
     for iteration, ids in splits.items():
         seen = Counter(line.prompt_id for line in lines if line.iteration == iteration)
@@ -74,6 +86,7 @@ def audit(lines: list[LedgerLine], splits: dict[int, list[str]]) -> dict:
             "prompts": len(ids),
             "missing": sorted(set(ids) - set(seen)),
             "repeated": sorted(p for p, n in seen.items() if n > 1),
-            "outcomes": dict(Counter(line.outcome for line in lines if line.iteration == iteration)),
+            "unexpected": sorted(set(seen) - set(ids)),
+            "outcomes": dict(Counter(line.outcome.value for line in lines if line.iteration == iteration)),
         }
     return report

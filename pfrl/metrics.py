@@ -112,7 +112,12 @@ class WandbSink:
             import wandb
         except ImportError:
             raise UserError("metrics.wandb_project is set but wandb is not installed (pip install wandb)") from None
-        self._run = wandb.init(project=project, dir=str(run_dir), config=config, resume="allow")
+        # The run id lives in RUN_DIR, so `pfrl train --resume` continues the same wandb run.
+        id_file = run_dir / "wandb_run_id"
+        if not id_file.exists():
+            id_file.write_text(wandb.util.generate_id())
+        run_id = id_file.read_text().strip()
+        self._run = wandb.init(project=project, dir=str(run_dir), config=config, id=run_id, resume="allow")
 
     def write(self, record: dict[str, Any]) -> None:
         self._run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])

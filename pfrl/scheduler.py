@@ -54,7 +54,11 @@ class PromptScheduler:
         return self.splits[self.iteration]
 
     def has_unissued(self) -> bool:
-        return bool(self._reissue) or self.cursor < len(self.split)
+        return self.unissued() > 0
+
+    def unissued(self) -> int:
+        """Prompts of the current iteration waiting to go out: re-issues and the rest of the split."""
+        return len(self._reissue) + len(self.split) - self.cursor
 
     def next_items(self, k: int) -> list[PromptItem]:
         """Up to k prompts: first those to re-issue, then fresh ones from the current split."""

@@ -28,7 +28,7 @@ def test_stale_pairs_are_dropped_and_reported():
     assert [p.prompt_id for p in taken] == ["id2"]
     dropped = buf.take_dropped()
     assert sorted((p.prompt_id, why) for p, why in dropped) == [("id0", "stale"), ("id1", "stale")]
-    assert buf.stats(3)["buffer/dropped_stale"] == 2
+    assert buf.stats()["buffer/dropped_stale"] == 2
     assert buf.take_dropped() == []
 
 

@@ -1,199 +1,292 @@
-"""The controller's issue/train decisions (staleness, lockstep, backpressure, iteration tail),
-on a real Controller whose actors are not started."""
+"""The loop's decisions and its fault handling, without actors.
+
+The issue/train rules are pure functions of a snapshot (pfrl/issue_policy.py). The fault paths run
+on a real Controller and RunState whose actor-facing parts (generator pool health, learner thread,
+rollout requests) are small fakes that record what the controller asked of them."""
+
+from dataclasses import replace
 
 import pytest
 
+from pfrl import issue_policy
 from pfrl.config import load_config
-from pfrl.controller import Controller, LearnerJob, Request
+from pfrl.controller import Controller, RunFailed
+from pfrl.errors import SyncError
+from pfrl.generator_pool import GeneratorPool, GenStatus
+from pfrl.issue_policy import LoopSnapshot
+from pfrl.learner_thread import LearnerThread, StepResult
 from pfrl.preflight import RunInputs
+from pfrl.rollouts import GeneratorLost
 from pfrl.types import PreferencePair, Problem
 
+SNAP = LoopSnapshot(max_policy_lag=1, pairs_per_step=4, capacity=64, num_learners=1, buffered=0,
+                    inflight_prompts=0, unissued_prompts=8, pairs_per_prompt=1.0, learner_busy=False,
+                    stopping=False, steps_done=0, max_steps=None)
 
-def make(tmp_path, *overrides):
+
+# -- the pure rules ------------------------------------------------------------------------
+def test_backpressure_target_scales_with_lag():
+    assert issue_policy.prompt_deficit(SNAP) == 8  # pairs_per_step * (lag + 1)
+    assert issue_policy.prompt_deficit(replace(SNAP, buffered=7)) == 1
+    assert issue_policy.prompt_deficit(replace(SNAP, buffered=4, inflight_prompts=4)) == 0
+    assert issue_policy.prompt_deficit(replace(SNAP, max_policy_lag=3)) == 16
+    assert issue_policy.prompt_deficit(replace(SNAP, pairs_per_prompt=2.0)) == 4  # fewer prompts per pair
+    assert issue_policy.prompt_deficit(replace(SNAP, stopping=True)) == 0
+
+
+def test_lockstep_issues_nothing_while_learning_and_trains_only_complete_batches():
+    lock = replace(SNAP, max_policy_lag=0, buffered=4)
+    assert issue_policy.pairs_to_train(replace(lock, inflight_prompts=1)) == 0  # a rollout of this version is out
+    assert issue_policy.pairs_to_train(lock) == 4
+    assert issue_policy.prompt_deficit(replace(lock, buffered=0, learner_busy=True)) == 0
+    assert issue_policy.prompt_deficit(replace(SNAP, learner_busy=True)) > 0  # online: sampling overlaps
+
+
+def test_iteration_tail_trains_a_partial_batch():
+    assert issue_policy.pairs_to_train(replace(SNAP, buffered=3)) == 0  # more to come: wait for a full batch
+    assert issue_policy.pairs_to_train(replace(SNAP, buffered=3, unissued_prompts=0)) == 3
+    two_ranks = replace(SNAP, buffered=1, unissued_prompts=0, num_learners=2)
+    assert issue_policy.pairs_to_train(two_ranks) == 0  # a rank would get no pair
+
+
+@pytest.mark.parametrize("lag", [0, 2])
+def test_max_steps_stops_training(lag):
+    assert issue_policy.pairs_to_train(replace(SNAP, max_policy_lag=lag, buffered=4, steps_done=1, max_steps=1)) == 0
+
+
+def test_steps_left_estimates_the_iteration_from_the_pair_yield():
+    # 8 unissued prompts at 3 pairs each + 4 buffered = 28 pairs = 7 steps of 4
+    assert issue_policy.steps_left(replace(SNAP, buffered=4, pairs_per_prompt=3.0)) == 7
+    assert issue_policy.steps_left(replace(SNAP, buffered=4, pairs_per_prompt=3.0, steps_done=5, max_steps=7)) == 2
+    assert issue_policy.steps_left(replace(SNAP, unissued_prompts=0)) == 1  # never 0: this step counts
+
+
+# -- a controller with fake actors ---------------------------------------------------------
+class FakeLearnerThread:
+    """Records syncs; `instances` are what each generator's prepare_sync answers."""
+
+    def __init__(self, instances, fail=0):
+        self.instances, self.fail, self.calls, self.job = instances, fail, [], None
+
+    @property
+    def busy(self):
+        return self.job is not None
+
+    def sync(self, gens, version):
+        self.calls.append(("sync", version, gens))
+        if self.fail:
+            self.fail -= 1
+            raise SyncError("receiver timed out")
+        return {"version": version, "latency_ms": 1.0, "gbps": 1.0, "instances": [self.instances[g] for g in gens]}
+
+    def wait(self):
+        job, self.job = self.job, None
+        return job
+
+    def finished(self):
+        return self.wait()
+
+
+class FakePool(GeneratorPool):
+    """A real pool whose Ray health calls answer from `health`."""
+
+    def __init__(self, instances, calls):
+        super().__init__([object()] * len(instances), list(instances))
+        self.health, self.calls = {}, calls
+
+    def wait_for_restart(self, g, timeout_s):
+        self.calls.append(("wait", g, [s.status.value for s in self.states]))
+        return self.health[g]
+
+
+class FakeRollouts:
+    def __init__(self):
+        self.requests, self.issued = [], []
+
+    def inflight_prompts(self):
+        return sum(len(items) for _, items in self.issued)
+
+    def sampling(self, g):
+        return sum(gg == g for gg, _ in self.issued)
+
+    def issue(self, g, items, version):
+        self.issued.append((g, items))
+
+    def drop_generator(self, g):
+        return []
+
+
+def make(tmp_path, *overrides, gens=("g0-a",)):
     cfg = load_config("configs/tiny-math.yaml", [f"run.dir={tmp_path}", "run.iterations=1",
                                                 "data.prompts_per_iteration=8", "learner.pairs_per_step=4",
-                                                "metrics.tensorboard=false", *overrides])
+                                                "metrics.tensorboard=false", "checkpoint.every_steps=100",
+                                                "metrics.eval_every_steps=null", *overrides])
     problems = [Problem(id=f"p{i}", prompt=f"q{i}", answer="1") for i in range(8)]
     c = Controller(cfg, RunInputs("unused", problems, [], 0), resume=False)
-    c.gen_versions, c.gen_instances = [0], ["g0-a"]
+    c.learner = FakeLearnerThread(list(gens))
+    c.pool = FakePool(gens, c.learner.calls)
+    c.rollouts = FakeRollouts()
     return c
 
 
 def buffer_pairs(c, n, version=0):
     """Issue n prompts and buffer one pair for each (as labelling them would)."""
-    items = c.scheduler.next_items(n)
+    items = c.state.scheduler.next_items(n)
     for it in items:
-        c.scheduler.buffered(it.problem.id, 1)
-    c.buffer.add([PreferencePair(it.problem.id, it.problem.prompt, "good", "bad", version) for it in items],
-                 c.counters.version)
+        c.state.scheduler.buffered(it.problem.id, 1)
+    pairs = [PreferencePair(it.problem.id, it.problem.prompt, "good", "bad", version) for it in items]
+    c.state.buffer.add(pairs, c.state.counters.published)
+    return pairs
 
 
-def test_backpressure_target_scales_with_lag(tmp_path):
-    c = make(tmp_path, "buffer.max_policy_lag=1")
-    assert c._issue_allowed()
-    buffer_pairs(c, 7)  # target is pairs_per_step * (lag + 1) = 8
-    assert c._issue_allowed()
-    buffer_pairs(c, 1)
-    assert not c._issue_allowed()
-
-
-def test_generators_too_far_behind_get_no_prompts(tmp_path):
-    c = make(tmp_path, "buffer.max_policy_lag=1")
-    c.counters.version = 2
-    c.gen_versions = [0]
-    assert not c._issue_allowed()
-    c.gen_versions = [1]
-    assert c._issue_allowed()
-
-
-def test_lockstep_issues_nothing_while_learning_and_trains_only_complete_batches(tmp_path):
-    c = make(tmp_path, "buffer.max_policy_lag=0")
+def finished_step(c, sync):
     buffer_pairs(c, 4)
-    c.requests = [Request(0, c.scheduler.next_items(1), gen_ref=None)]
-    assert c._trainable_now() is None  # a rollout of this version is still out
-    c.requests = []
-    batch = c._trainable_now()
-    assert len(batch) == 4
-    c.job = LearnerJob(future=None, pairs=batch, started=0.0)
-    assert not c._issue_allowed()
+    return StepResult(c.state.take(4), {"learner/pairs": 4.0}, 0.0, sync)
 
 
-def test_iteration_tail_trains_a_partial_batch(tmp_path):
-    c = make(tmp_path, "buffer.max_policy_lag=1")
-    buffer_pairs(c, 3)
-    assert c._trainable_now() is None  # more prompts to come: wait for a full batch
-    for it in c.scheduler.next_items(8):
-        c.scheduler.finish(it.problem.id)
-    assert len(c._trainable_now()) == 3
+def test_blank_generators_get_no_prompts(tmp_path):
+    c = make(tmp_path, gens=("g0-a", "g1-a"))
+    c.pool.blank(0)
+    c._issue_prompts()
+    assert {g for g, _ in c.rollouts.issued} == {1}
+
+
+def test_sparse_syncs_keep_pairs_trainable_until_the_next_publication(tmp_path):
+    """sync.every_steps 5 with lag 2: at learner version 3 the generators still serve version 0.
+    Measured against the learner the pairs were stale and nothing could ever train again (no
+    step, so no sync): measured against the published weights they train."""
+    c = make(tmp_path, "sync.every_steps=5", "buffer.max_policy_lag=2")
+    c.state.counters.version = c.state.counters.step = 3
+    buffer_pairs(c, 4, version=0)
+    c.state.drop_stale()
+    assert len(c.state.buffer) == 4
+    assert issue_policy.pairs_to_train(c._snapshot()) == 4
+    c._issue_prompts()
+    assert c.rollouts.issued, "generators on the published weights must keep sampling"
+    c.state.counters.published = 5  # a publication makes the old pairs stale as the bound says
+    c.state.drop_stale()
+    assert len(c.state.buffer) == 0
 
 
 def test_stale_pairs_settle_in_the_ledger(tmp_path):
     c = make(tmp_path, "buffer.max_policy_lag=0")
     buffer_pairs(c, 2)
-    c.counters.version = 1
-    assert c._trainable_now() is None
-    c.ledger.flush()
+    c.state.counters.published = 1
+    c.state.drop_stale()
+    c.state.ledger.flush()
     lines = (tmp_path / "ledger.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and all('"stale"' in line for line in lines)
+    assert len(lines) == 2 and all('"stale"' in line and '"reason": "stale"' in line for line in lines)
 
 
-@pytest.mark.parametrize("lag", [0, 2])
-def test_max_steps_stops_training(tmp_path, lag):
-    c = make(tmp_path, f"buffer.max_policy_lag={lag}", "run.max_steps=1")
-    buffer_pairs(c, 4)
-    c.counters.step = 1
-    assert c._trainable_now() is None and c._finished()
-
-
-def _finished_job(c, result) -> LearnerJob:
-    from concurrent.futures import Future
-
-    future = Future()
-    future.set_result(result)
-    buffer_pairs(c, 4)
-    return LearnerJob(future, c.buffer.take(4, c.counters.version), started=0.0)
-
-
-def test_learner_work_hands_back_a_failed_sync_with_the_steps_metrics(tmp_path):
-    from types import SimpleNamespace
-
-    from pfrl.errors import SyncError
+def test_a_group_without_pairs_is_a_no_pair_line_with_its_reason(tmp_path):
+    from pfrl.types import LabelledGroup, RolloutGroup
 
     c = make(tmp_path)
-    c.fleet = SimpleNamespace(learner=SimpleNamespace(train_step=lambda pairs: {"learner/pairs": len(pairs)}),
-                              generators=[object(), object()])
+    item = c.state.scheduler.next_items(1)[0]
+    group = RolloutGroup(item, ["a", "b"], [[1], [2]], ["stop", "stop"], 1, 2, 0)
+    result = LabelledGroup(item.problem.id, 0, 0, None, [1.0, 1.0], [], skipped="all samples agree")
+    c.state.account(group, result, [])
+    c.state.ledger.flush()
+    line = (tmp_path / "ledger.jsonl").read_text()
+    assert '"outcome": "no_pair"' in line and '"reason": "all samples agree"' in line
 
-    def dead_generator(version, gens):
+
+def test_learner_thread_hands_back_a_failed_sync_with_the_steps_metrics():
+    class Learner:
+        rank0 = None
+
+        def train_step(self, pairs, lr):
+            return {"learner/pairs": len(pairs), "learner/lr": lr}
+
+    thread = LearnerThread(Learner(), [object(), object()], sync_cfg=None)
+
+    def dead_generator(gens, version):
         raise SyncError("generator 1 did not answer prepare_sync")
 
-    c._sync_now = dead_generator
-    metrics, sync = c._learner_work(["a", "b"], sync_due=True)
-    assert metrics == {"learner/pairs": 2} and isinstance(sync, SyncError)
-    assert c._learner_work(["a"], sync_due=False) == ({"learner/pairs": 1}, None)
+    thread._publish = dead_generator
+    try:
+        thread.start_step(["a", "b"], 0.5, publish_as=1)
+        result = thread.wait()
+        assert result.metrics == {"learner/pairs": 2, "learner/lr": 0.5} and isinstance(result.sync, SyncError)
+        thread.start_step(["a"], 0.5, publish_as=None)
+        assert thread.wait().sync is None and not thread.busy
+    finally:
+        thread.shutdown()
 
 
 def test_failed_step_sync_keeps_the_step_and_resyncs_every_generator(tmp_path):
     """A generator killed during the step's weight sync: the step counts, the run waits for the
     restart, and every generator gets the new version before any prompt goes out."""
-    from pfrl.errors import SyncError
-
-    c = make(tmp_path, "buffer.max_policy_lag=1", "checkpoint.every_steps=100", "metrics.eval_every_steps=null")
-    c.gen_versions, c.gen_instances = [0, 0], ["g0-a", "g1-a"]
-    instances = ["g0-a", "g1-b"]  # generator 1 is a new instance: Ray restarted it
-    calls = []
-
-    def wait(g):
-        calls.append(("wait", g, list(c.gen_versions)))
-        return {"instance_id": instances[g], "version": 0}
-
-    def sync_now(version, gens):
-        calls.append(("sync", version, gens))
-        c.gen_versions = [version] * 2  # as the real one records
-        return {"version": version, "latency_ms": 1.0, "gbps": 1.0, "instances": instances}
-
-    c._wait_for_restart, c._sync_now = wait, sync_now
-    c.job = _finished_job(c, ({"learner/pairs": 4.0}, SyncError("generator 1 did not answer prepare_sync")))
-    c._reap_learner()
-    assert (c.counters.step, c.counters.version) == (1, 1)
+    c = make(tmp_path, gens=("g0-a", "g1-a"))
+    c.learner.instances = ["g0-a", "g1-b"]  # generator 1 is a new instance: Ray restarted it
+    c.pool.health = {0: {"instance_id": "g0-a", "version": 0}, 1: {"instance_id": "g1-b", "version": 0}}
+    c._apply(finished_step(c, SyncError("generator 1 did not answer prepare_sync")))
+    assert (c.state.counters.step, c.state.counters.version, c.state.counters.published) == (1, 1, 1)
     # blanked while waiting (no prompts can go out), then synced together to the new version
-    assert calls == [("wait", 0, [-1, -1]), ("wait", 1, [-1, -1]), ("sync", 1, [0, 1])]
-    assert c.counters.generator_restarts == 1 and c._issue_allowed()
+    assert c.learner.calls == [("wait", 0, ["blank", "blank"]), ("wait", 1, ["blank", "blank"]), ("sync", 1, [0, 1])]
+    assert c.state.counters.generator_restarts == 1 and c.pool.ready() == [0, 1]
     # The dead instance's request fails later: its prompts go out again, but the restart is not
     # counted twice and the generator, already on the current weights, is not synced again.
-    calls.clear()
-    c._wait_for_restart = lambda g: {"instance_id": instances[g], "version": 1}
-    c._generator_died(1, RuntimeError("actor died"))
-    assert calls == [] and c.counters.generator_restarts == 1
+    c.learner.calls.clear()
+    c.pool.health[1] = {"instance_id": "g1-b", "version": 1}
+    c._on_generator_lost(GeneratorLost(1, [], RuntimeError("actor died")))
+    assert c.learner.calls == [("wait", 1, ["ready", "ready"])] and c.state.counters.generator_restarts == 1
 
 
-def test_restart_seen_only_by_a_sync_is_counted(tmp_path):
+def test_restart_seen_only_by_a_sync_is_counted_once(tmp_path):
     """Killed while it had no request out, a generator restarts unnoticed until the next sync
     reaches a new instance: that sync counts the restart (the new weights already reached it)."""
-    c = make(tmp_path)
-    c.gen_versions, c.gen_instances = [0, 0], ["g0-a", "g1-a"]
-    c.fleet = type("F", (), {"generators": [object(), object()]})()
-    c._sync_now = lambda version, gens: {"version": version, "latency_ms": 1.0, "gbps": 1.0,
-                                         "instances": ["g0-a", "g1-b"]}
-    c._sync([0, 1])
-    assert c.counters.generator_restarts == 1 and c.gen_instances == ["g0-a", "g1-b"]
-    c._sync([0, 1])
-    assert c.counters.generator_restarts == 1
+    c = make(tmp_path, gens=("g0-a", "g1-a"))
+    c.learner.instances = ["g0-a", "g1-b"]
+    c._sync_all()
+    assert c.state.counters.generator_restarts == 1 and [s.instance for s in c.pool.states] == ["g0-a", "g1-b"]
+    c._sync_all()
+    assert c.state.counters.generator_restarts == 1
+
+
+def test_a_sync_answered_by_a_dead_instance_leaves_its_generator_blank(tmp_path):
+    c = make(tmp_path, gens=("g0-a",))
+    c.pool.health = {0: {"instance_id": "g0-b", "version": 0}}
+    c.pool.check_health(0, c.pool.health[0])  # the restart was seen first
+    c.pool.blank(0)
+    assert c.pool.on_synced([0], 1, ["g0-a"]) == 0  # the old instance's answer
+    assert c.pool.states[0].status is GenStatus.BLANK
 
 
 def test_dead_generator_is_resynced_after_its_restart(tmp_path):
     c = make(tmp_path, "buffer.max_policy_lag=1")
-    c.counters.version, c.gen_versions = 3, [3]
-    items = c.scheduler.next_items(2)
-    c.requests = [Request(0, items, gen_ref=None, issued_version=3)]
-    synced = []
-    c._wait_for_restart = lambda g: {"instance_id": "g0-b", "version": 0}
-    c._sync = lambda gens: synced.append((gens, list(c.gen_versions)))
-    c._generator_died(0, RuntimeError("actor died"))
-    assert synced == [([0], [-1])]  # blank until it has the current weights
-    assert c.requests == [] and c.counters.generator_restarts == 1
-    assert [it.problem.id for it in c.scheduler.next_items(2)] == [it.problem.id for it in items]  # re-issued
+    c.state.counters.version = c.state.counters.published = 3
+    c.pool.states[0].version = 3
+    items = c.state.scheduler.next_items(2)
+    c.learner.instances = ["g0-b"]
+    c.pool.health = {0: {"instance_id": "g0-b", "version": 0}}
+    c._on_generator_lost(GeneratorLost(0, [it.problem.id for it in items], RuntimeError("actor died")))
+    assert c.learner.calls == [("wait", 0, ["ready"]), ("sync", 3, [0])]
+    assert c.state.counters.generator_restarts == 1 and c.pool.ready() == [0]
+    assert [it.problem.id for it in c.state.scheduler.next_items(2)] == [it.problem.id for it in items]  # re-issued
+
+
+def test_recovery_waits_for_the_step_in_flight_whose_sync_reaches_the_restarted_generator(tmp_path):
+    c = make(tmp_path)
+    c.learner.instances = ["g0-b"]
+    c.pool.health = {0: {"instance_id": "g0-b", "version": 0}}
+    c.learner.job = finished_step(c, {"version": 1, "latency_ms": 1.0, "gbps": 1.0, "instances": ["g0-b"]})
+    c._on_generator_lost(GeneratorLost(0, [], RuntimeError("actor died")))
+    assert c.state.counters.step == 1 and c.pool.ready() == [0] and c.pool.states[0].version == 1
+    assert [call for call in c.learner.calls if call[0] == "sync"] == []  # the step's sync was enough
+    assert c.state.counters.generator_restarts == 1
 
 
 def test_sync_failing_again_after_recovery_ends_the_run(tmp_path):
-    from pfrl.controller import RunFailed
-    from pfrl.errors import SyncError
-
-    c = make(tmp_path, "checkpoint.every_steps=100", "metrics.eval_every_steps=null")
-    c._wait_for_restart = lambda g: {"instance_id": "g0-a", "version": 0}
-
-    def broken(version, gens):
-        raise SyncError("receiver timed out")
-
-    c._sync_now = broken
-    c.job = _finished_job(c, ({"learner/pairs": 4.0}, SyncError("receiver timed out")))
+    c = make(tmp_path)
+    c.learner.fail = 1
+    c.pool.health = {0: {"instance_id": "g0-a", "version": 0}}
     with pytest.raises(RunFailed, match="weight sync of version 1 to generators \\[0\\] failed"):
-        c._reap_learner()
+        c._apply(finished_step(c, SyncError("receiver timed out")))
 
 
 def test_evaluation_survives_generator_0_dying_once_but_not_twice(tmp_path):
     from ray.exceptions import ActorDiedError
-
-    from pfrl.controller import RunFailed
 
     c = make(tmp_path)
     died, outcomes = [], [ActorDiedError(), {"eval/accuracy": 0.5}]
@@ -205,7 +298,7 @@ def test_evaluation_survives_generator_0_dying_once_but_not_twice(tmp_path):
         return out
 
     c._evaluate_once = evaluate_once
-    c._generator_died = lambda g, err: died.append(g)
+    c._on_generator_lost = lambda event: died.append(event.generator)
     assert c._evaluate(4) == {"eval/accuracy": 0.5} and died == [0]
     outcomes[:] = [ActorDiedError(), ActorDiedError()]
     with pytest.raises(RunFailed, match="died twice during the evaluation at step 4"):
@@ -214,14 +307,42 @@ def test_evaluation_survives_generator_0_dying_once_but_not_twice(tmp_path):
 
 def test_older_weights_in_a_result_mean_a_restart_counted_once_and_resynced(tmp_path):
     c = make(tmp_path)
-    c.counters.version, c.gen_versions = 3, [3]
-    synced = []
-    c._sync = lambda gens: synced.append(gens)
-    c._wait_for_restart = lambda g: {"instance_id": "g0-b", "version": 0}
-    c._generator_restarted(0)
-    assert synced == [[0]] and c.counters.generator_restarts == 1
+    c.state.counters.version = c.state.counters.published = 3
+    c.pool.states[0].version = 3
+    c.learner.instances = ["g0-b"]
+    c.pool.health = {0: {"instance_id": "g0-b", "version": 0}}
+    c._recover_generator(0)
+    assert [call for call in c.learner.calls if call[0] == "sync"] == [("sync", 3, [0])]
+    assert c.state.counters.generator_restarts == 1
     # a second old result from the same restart: the instance is known and, once synced, current
-    c.gen_versions = [3]
-    c._wait_for_restart = lambda g: {"instance_id": "g0-b", "version": 3}
-    c._generator_restarted(0)
-    assert synced == [[0]] and c.counters.generator_restarts == 1
+    c.pool.health = {0: {"instance_id": "g0-b", "version": 3}}
+    c._recover_generator(0)
+    assert [call for call in c.learner.calls if call[0] == "sync"] == [("sync", 3, [0])]
+    assert c.state.counters.generator_restarts == 1
+
+
+def test_each_iteration_has_its_own_lr_schedule_that_never_reaches_zero(tmp_path):
+    """Four pairs per prompt: the old horizon (one pair per prompt) was 2 steps for these 8
+    prompts, and the other 6 steps trained at lr 0. The iteration now sizes its cosine from the
+    pairs it is expected to train, and the floor is above zero."""
+    c = make(tmp_path, "learner.schedule=warmup_cosine", "learner.lr=1.0", "learner.min_lr_ratio=0.1",
+             "learner.warmup_ratio=0.0")
+    lrs = []
+
+    def start_step(pairs, lr, publish_as):
+        lrs.append(lr)
+        c.learner.job = StepResult(pairs, {"learner/lr": lr}, 0.0, None)
+
+    c.learner.start_step = start_step
+    for it in c.state.scheduler.next_items(8):
+        pid = it.problem.id
+        c.state.scheduler.buffered(pid, 4)
+        c.state._pair_counts.append(4)
+        c.state.buffer.add([PreferencePair(pid, it.problem.prompt, f"good{k}", "bad", 0) for k in range(4)], 0)
+    while len(c.state.buffer):
+        c._maybe_train()
+        c._apply_learner_result()
+    assert len(lrs) == 8 and lrs[0] == pytest.approx(1.0)
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False)) and lrs[-1] > 0.1
+    lines = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "learner/lr" in line]
+    assert len(lines) == 8

@@ -151,3 +151,22 @@ def test_status_reads_step_figures_past_the_final_eval_line(tmp_path):
     assert summary["recent"]["gen/tokens_per_s"] == 1500.0 and "sync/ms" not in summary["recent"]
     assert summary["first_eval"] == {"step": 0, "accuracy": 0.5}
     assert summary["last_eval"] == {"step": 2, "accuracy": 0.7}
+
+
+def test_wandb_resume_continues_the_same_run(tmp_path, monkeypatch):
+    """wandb.init(resume="allow") without an id starts a new run on every resume: the id is kept
+    in RUN_DIR and passed back."""
+    import sys
+    import types
+
+    from pfrl.metrics import WandbSink
+
+    inits, ids = [], iter(["abc123", "zzz999"])
+    fake = types.ModuleType("wandb")
+    fake.util = types.SimpleNamespace(generate_id=lambda: next(ids))
+    fake.init = lambda **kw: inits.append(kw) or types.SimpleNamespace(log=lambda *a, **k: None, finish=lambda: None)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    WandbSink("proj", tmp_path, {}).close()
+    WandbSink("proj", tmp_path, {}).close()  # the resumed run
+    assert [kw["id"] for kw in inits] == ["abc123", "abc123"]
+    assert all(kw["resume"] == "allow" and kw["project"] == "proj" for kw in inits)

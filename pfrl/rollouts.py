@@ -1,0 +1,140 @@
+"""Rollout requests in flight: prompts out to a generator, then its groups out to a labeller.
+
+Generation and labelling are request/response calls on actors, chained by object refs (a
+generator's output goes to a labeller without passing through the controller). Knowing which
+prompts each request holds makes faults exact: a dead generator's prompts are handed back to be
+issued again, a dead labeller's groups are labelled again by another call, nothing else moves.
+`poll` turns what finished into events for the controller, in the order they happened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pfrl.errors import RunFailed
+from pfrl.types import LabelledGroup, PromptItem, RolloutGroup, decode, encode
+
+
+@dataclass
+class Request:
+    """A generation request and, once sampled, its labelling request."""
+
+    generator: int
+    items: list[PromptItem]
+    gen_ref: Any
+    issued_version: int = 0  # the generator's weights when the request went out
+    label_ref: Any = None
+    labeller: int | None = None
+
+    @property
+    def pending_ref(self) -> Any:
+        return self.gen_ref if self.label_ref is None else self.label_ref
+
+
+@dataclass
+class Labelled:
+    """A request's groups and their labels."""
+
+    request: Request
+    groups: list[RolloutGroup]
+    results: list[LabelledGroup]
+
+
+@dataclass
+class GeneratorLost:
+    """A generator died; the prompts it held must go out again."""
+
+    generator: int
+    prompt_ids: list[str]
+    error: Exception
+
+
+@dataclass
+class OlderWeights:
+    """A result was sampled by older weights than the generator was given: Ray restarted it."""
+
+    generator: int
+
+
+@dataclass
+class LabellerLost:
+    labeller: int
+
+
+Event = Labelled | GeneratorLost | OlderWeights | LabellerLost
+
+
+class RolloutRequests:
+    def __init__(self, generators: list[Any], labellers: list[Any]):
+        self.generators = generators
+        self.labellers = labellers
+        self.requests: list[Request] = []
+        self._next_labeller = 0  # round robin over the labellers
+
+    def inflight_prompts(self) -> int:
+        return sum(len(r.items) for r in self.requests)
+
+    def sampling(self, g: int) -> int:
+        """Requests generator g has not answered yet."""
+        return sum(r.generator == g and r.label_ref is None for r in self.requests)
+
+    def issue(self, g: int, items: list[PromptItem], version: int) -> None:
+        self.requests.append(Request(g, items, self.generators[g].generate.remote(encode(items)), version))
+
+    def drop_generator(self, g: int) -> list[str]:
+        """Forget generator g's unanswered requests; returns their prompt ids."""
+        lost = [r for r in self.requests if r.generator == g and r.label_ref is None]
+        for r in lost:
+            self.requests.remove(r)
+        return [it.problem.id for r in lost for it in r.items]
+
+    def poll(self, timeout_s: float) -> list[Event]:
+        import ray
+
+        refs = [r.pending_ref for r in self.requests]
+        if not refs:
+            return []
+        ready = set(ray.wait(refs, num_returns=len(refs), timeout=timeout_s)[0])
+        events: list[Event] = []
+        for req in [r for r in self.requests if r.pending_ref in ready]:
+            if req not in self.requests:
+                continue  # dropped while handling an earlier result (its generator died)
+            if req.label_ref is None:
+                self._on_generated(req, events)
+            else:
+                self._on_labelled(req, events)
+        return events
+
+    def _on_generated(self, req: Request, events: list[Event]) -> None:
+        import ray
+
+        try:
+            ray.get(req.gen_ref)
+        except ray.exceptions.RayActorError as e:
+            events.append(GeneratorLost(req.generator, self.drop_generator(req.generator), e))
+            return
+        except ray.exceptions.RayTaskError as e:
+            raise RunFailed(f"generator {req.generator} failed: {e.cause!r}") from None
+        req.labeller = self._next_labeller
+        self._next_labeller = (self._next_labeller + 1) % len(self.labellers)
+        req.label_ref = self.labellers[req.labeller].label.remote(req.gen_ref)
+
+    def _on_labelled(self, req: Request, events: list[Event]) -> None:
+        import ray
+
+        self.requests.remove(req)
+        try:
+            groups: list[RolloutGroup] = decode(ray.get(req.gen_ref))
+            results: list[LabelledGroup] = decode(ray.get(req.label_ref))
+        except ray.exceptions.RayActorError:
+            events.append(LabellerLost(req.labeller if req.labeller is not None else -1))
+            req.label_ref, req.labeller = None, None
+            self.requests.append(req)
+            self._on_generated(req, events)
+            return
+        except ray.exceptions.RayTaskError as e:
+            raise RunFailed(f"labeller {req.labeller} failed: {e.cause!r}") from None
+        if groups and groups[0].policy_version < req.issued_version:
+            events.append(OlderWeights(req.generator))
+        events.append(Labelled(req, groups, results))
