@@ -77,3 +77,14 @@ def test_cli_user_errors_exit_2_with_one_line(argv, fragment):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_a_step_larger_than_the_buffer_is_rejected_naming_both_keys():
+    """A full step would never fit in the buffer, so only an iteration's tail would ever train."""
+    import pytest
+
+    from pfrl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"learner.pairs_per_step \(64\) exceeds buffer.capacity \(32\)"):
+        load_config(None, ["learner.pairs_per_step=64", "buffer.capacity=32"])
+    load_config(None, ["sync.every_steps=5", "buffer.max_policy_lag=0"])  # any sync interval is valid now
