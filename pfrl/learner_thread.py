@@ -30,9 +30,13 @@ class StepResult:
 
 class LearnerThread:
     def __init__(self, learner: Any, generators: list[Any], sync_cfg: SyncSection):
+        from pfrl.transport.weights import WeightSync  # torch comes with it: not at module load
+
         self.learner = learner
         self.generators = generators
         self.sync_cfg = sync_cfg
+        # The collective group and the ZMQ fallback, carried from sync to sync (all on this thread).
+        self._weight_sync = WeightSync()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner")
         self._job: Future[StepResult] | None = None
 
@@ -81,4 +85,5 @@ class LearnerThread:
         from pfrl.transport.weights import sync_weights
 
         # Learner rank 0 drives the other ranks' ZeRO-3 gathers itself (LearnerActor.set_peers).
-        return sync_weights(self.learner.rank0, [self.generators[g] for g in gens], version, self.sync_cfg)
+        gen_handles = [self.generators[g] for g in gens]
+        return sync_weights(self.learner.rank0, gen_handles, version, self.sync_cfg, self._weight_sync)

@@ -126,7 +126,7 @@ def test_same_prompts_same_version_same_samples(cluster):
 
 @pytest.mark.parametrize("transport", ["zmq", "collective"])
 def test_sync_makes_generator_logprobs_equal_the_learners(cluster, transport):
-    from pfrl.transport.weights import sync_weights
+    from pfrl.transport.weights import WeightSync, sync_weights
 
     if transport == "collective" and GPUS == 1:
         pytest.skip("NCCL needs the learner and the generator on different GPUs")
@@ -134,7 +134,7 @@ def test_sync_makes_generator_logprobs_equal_the_learners(cluster, transport):
     version = 1 if transport == "zmq" else 2
     ray.get(learner.perturb.remote(seed=version))
     stats = sync_weights(
-        learner, [gen], version, SyncSection(transport=transport, bucket_mb=0.25, timeout_s=60)
+        learner, [gen], version, SyncSection(transport=transport, bucket_mb=0.25, timeout_s=60), WeightSync()
     )
     print(f"sync {transport}: {stats}")  # figures for docs/generation.md (pytest -s)
     assert stats["versions"] == [version] and stats["transport"] == transport
@@ -157,7 +157,7 @@ def _dies_after_first_bucket(model_path: str):
 
 
 def test_a_sync_that_breaks_off_blocks_sampling_until_a_full_sync(cluster, tiny_math_model):
-    from pfrl.transport.weights import ReceiverSpec, sync_weights
+    from pfrl.transport.weights import ReceiverSpec, WeightSync, sync_weights
     from pfrl.transport.zmq_weights import ZmqWeightSender
     from pfrl.types import encode
 
@@ -173,7 +173,7 @@ def test_a_sync_that_breaks_off_blocks_sampling_until_a_full_sync(cluster, tiny_
     with pytest.raises(ray.exceptions.RayTaskError, match="WeightsIncomplete"):
         ray.get(gen.generate.remote(encode(_items(1))))
     assert ray.get(gen.health.remote())["version"] == 2  # still reports the last complete version
-    stats = sync_weights(learner, [gen], 3, SyncSection(transport="zmq", timeout_s=60))
+    stats = sync_weights(learner, [gen], 3, SyncSection(transport="zmq", timeout_s=60), WeightSync())
     assert stats["versions"] == [3]
     _assert_same_logprobs(ray, gen, learner)
 
@@ -187,7 +187,7 @@ def _descendants(pid: int) -> list:
 def test_killed_generator_is_restarted_and_resynced(cluster):
     import psutil
 
-    from pfrl.transport.weights import sync_weights
+    from pfrl.transport.weights import WeightSync, sync_weights
     from pfrl.types import encode
 
     ray, gen, learner = cluster
@@ -208,7 +208,7 @@ def test_killed_generator_is_restarted_and_resynced(cluster):
     assert health["version"] == 0  # fresh: base weights
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(in_flight, timeout=60)  # the killed instance's call is lost, not replayed (max_task_retries 0)
-    stats = sync_weights(learner, [gen], 4, SyncSection(transport="zmq", timeout_s=60))
+    stats = sync_weights(learner, [gen], 4, SyncSection(transport="zmq", timeout_s=60), WeightSync())
     assert stats["versions"] == [4]
     _assert_same_logprobs(ray, gen, learner)
     groups = _generate(ray, gen, _items(2, start=30))

@@ -230,7 +230,7 @@ def test_smollm2_dpo_step_synced_into_vllm_gives_the_learners_logprobs(smollm2_d
 
     from actors.generator import spawn_generator
     from pfrl.config import GeneratorSection, ModelSection, SyncSection
-    from pfrl.transport.weights import sync_weights
+    from pfrl.transport.weights import WeightSync, sync_weights
     from pfrl.types import PreferencePair, Problem, PromptItem, decode, encode
 
     if torch.cuda.is_available():
@@ -255,7 +255,7 @@ def test_smollm2_dpo_step_synced_into_vllm_gives_the_learners_logprobs(smollm2_d
         before = [ray.get(gen.logprobs.remote(g.item.problem.prompt, g.completions[0])) for g in groups]
         metrics = ray.get(learner.train_step.remote(encode(pairs)), timeout=600)
         assert metrics["learner/pairs"] == 2 and metrics["learner/grad_norm"] > 0
-        stats = sync_weights(learner, [gen], 1, SyncSection(transport="zmq", timeout_s=120))
+        stats = sync_weights(learner, [gen], 1, SyncSection(transport="zmq", timeout_s=120), WeightSync())
         assert stats["versions"] == [1] and stats["bytes"] == 134_515_008 * 4  # the tied head travels once
         after = decode(ray.get(gen.generate.remote(encode(items)), timeout=600))
         assert [g.policy_version for g in after] == [1, 1]

@@ -197,9 +197,6 @@ class WeightSync:
         self._group = None
 
 
-_STATE = WeightSync()
-
-
 def _run_once(
     learner: Any,
     gens: Sequence[Any],
@@ -247,14 +244,15 @@ def sync_weights(
     generator_handles: Sequence[Any],
     version: int,
     sync_cfg: SyncSection,
-    state: WeightSync | None = None,
+    state: WeightSync,
 ) -> dict[str, Any]:
     """Push the learner's weights as `version` to every generator; returns latency (ms), bytes,
     GB/s (payload bytes / latency) and the version each generator now serves. Raises SyncError.
 
     Under ZeRO-3 the other learner ranks take part in rank 0's gathers: rank 0 asks them itself
-    (actors/learner.py), so only rank 0 is named here. With `sync.transport=auto`, a collective that cannot be formed falls back to ZMQ for good."""
-    state = state or _STATE
+    (actors/learner.py), so only rank 0 is named here. `state` carries what outlives one sync (the
+    hosted collective group, the ZMQ fallback): its owner passes the same one every time. With
+    `sync.transport=auto`, a collective that cannot be formed falls back to ZMQ for good."""
     try:
         return _run_once(learner_rank0_handle, generator_handles, version, sync_cfg, state)
     except SyncError as e:
