@@ -51,6 +51,7 @@ LAYERS: dict[str, int] = {
     "pfrl.console": CORE,
     "pfrl.errors": CORE,
     "pfrl.evaluation": CORE,
+    "pfrl.faults": CORE,  # fault-injection points the checkpoint store and the learner thread hold at
     "pfrl.generation": CORE,
     "pfrl.hub": CORE,
     "pfrl.hub_push": CORE,
