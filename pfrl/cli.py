@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._module.run(args) or 0)
     except UserError as e:
-        print(f"pfrl {args.command}: error: {e}", file=sys.stderr)
+        one_line = str(e).replace("\r", "\\r").replace("\n", "\\n")  # a value quoted in it may hold newlines
+        print(f"pfrl {args.command}: error: {one_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pfrl {args.command}: interrupted", file=sys.stderr)

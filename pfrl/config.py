@@ -22,13 +22,14 @@ class ConfigError(UserError):
 
 
 class Section(BaseModel):
-    # Unknown keys are errors: a typo must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Unknown keys are errors: a typo must not silently fall back to a default. No setting means
+    # anything as NaN or infinity (a NaN bound would pass every comparison).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class RunSection(Section):
     dir: str = Field("runs/default", description="Run directory: metrics, checkpoints, ledger, resolved config.")
-    seed: int = Field(0, description="Seed for every component (prompt splits, sampling, pairing, init).")
+    seed: int = Field(0, ge=0, description="Seed for every component (prompt splits, sampling, pairing, init).")
     task: Literal["math", "code"] = Field("math", description="Task family: answer extraction and labelling rules.")
     iterations: int = Field(1, ge=1, description="Iterations, each over its own disjoint split of the prompts.")
     max_steps: int | None = Field(
@@ -501,15 +502,17 @@ def _parse_value(raw: str) -> Any:
     """`--set` values are YAML scalars/lists, so `1e-6`, `true`, `[a, b]` and `null` all work."""
     try:
         return yaml.safe_load(raw)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return raw
 
 
 def _apply_override(tree: dict[str, Any], item: str) -> None:
     if "=" not in item:
-        raise ConfigError(f"--set {item}: expected section.key=value")
+        raise ConfigError(f"--set {item[:80]!r}: expected section.key=value")
     key, raw = item.split("=", 1)
     parts = key.strip().split(".")
+    if not all(part.strip() for part in parts):
+        raise ConfigError(f"--set {key[:80]!r}: expected section.key=value (an empty key)")
     node = tree
     for part in parts[:-1]:
         child = node.setdefault(part, {})
@@ -519,9 +522,15 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
     node[parts[-1]] = _parse_value(raw)
 
 
+def _loc_part(part: str | int) -> str:
+    # A key from a YAML file can be any text: quoted, it cannot break the one-line message.
+    text = str(part)
+    return text if text.isidentifier() or isinstance(part, int) else repr(text[:40])
+
+
 def _format_validation(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(root)"
+    loc = ".".join(_loc_part(p) for p in first["loc"]) or "(root)"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -534,7 +543,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: invalid YAML (nested too deeply)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -74,7 +74,7 @@ def _load(path: str, cfg: PfrlConfig, model_path: str) -> ProblemFile:
         if bad > cfg.data.max_bad_records * total:
             first = next(p.id for p in loaded.problems if p.id in long_ids)
             raise UserError(
-                f"{path}: problem {first}: prompt longer than the context (model.max_length="
+                f"{path}: problem {first[:60]!r}: prompt longer than the context (model.max_length="
                 f"{cfg.model.max_length}) ({len(long_ids)} such prompts)"
             )
         loaded.problems = [p for p in loaded.problems if p.id not in long_ids]

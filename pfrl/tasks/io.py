@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,52 @@ class ProblemFile:
     bad: list[tuple[int, str]] = field(default_factory=list)
 
 
+def _utf8(text: str, key: str) -> str:
+    """A JSON string may hold lone surrogates ("\\ud800") that no tokenizer or file can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{key} is not valid UTF-8 text") from None
+    return text
+
+
+def _opt_text(value: Any, key: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a string, not {type(value).__name__}")
+    return _utf8(value, key)
+
+
 def _as_str_list(value: Any, key: str) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{key} must be a list of strings")
-    return value
+    return [_utf8(v, key) for v in value]
+
+
+def _id(value: Any) -> str:
+    # Numbers are common ids in public data sets; anything else (null, a list, true) is a mistake.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"id must be a non-empty string or an integer, not {type(value).__name__}")
+    return _utf8(value, "id")
+
+
+def _answer(value: Any) -> str | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(f"answer is not a finite number ({value})")
+        return str(value)
+    return _opt_text(value, "answer")
+
+
+def _paired(inputs: list[str], outputs: list[str], key: str) -> list[str]:
+    if outputs and len(outputs) != len(inputs):
+        raise ValueError(f"{key} has {len(outputs)} items for {len(inputs)} inputs")
+    return outputs
 
 
 def parse_problem(obj: Any) -> Problem:
@@ -38,19 +79,27 @@ def parse_problem(obj: Any) -> Problem:
     for key in ("id", "prompt"):
         if key not in obj:
             raise ValueError(f"missing {key!r}")
-    prompt = obj["prompt"]
-    if not isinstance(prompt, str) or not prompt.strip():
+    prompt = _opt_text(obj["prompt"], "prompt")
+    if prompt is None or not prompt.strip():
         raise ValueError("empty prompt")
+    entry_point = _opt_text(obj.get("entry_point"), "entry_point") or None  # "" means none
+    if entry_point is not None and not entry_point.isidentifier():
+        raise ValueError(f"entry_point {entry_point[:40]!r} is not a Python identifier")
+    test_inputs = _as_str_list(obj.get("test_inputs"), "test_inputs")
+    ref_inputs = _as_str_list(obj.get("reference_test_inputs"), "reference_test_inputs")
     return Problem(
-        id=str(obj["id"]),
+        id=_id(obj["id"]),
         prompt=prompt,
-        answer=None if obj.get("answer") is None else str(obj["answer"]),
-        reference=None if obj.get("reference") is None else str(obj["reference"]),
-        entry_point=obj.get("entry_point") or None,
-        test_inputs=_as_str_list(obj.get("test_inputs"), "test_inputs"),
-        test_outputs=_as_str_list(obj.get("test_outputs"), "test_outputs"),
-        reference_test_inputs=_as_str_list(obj.get("reference_test_inputs"), "reference_test_inputs"),
-        reference_test_outputs=_as_str_list(obj.get("reference_test_outputs"), "reference_test_outputs"),
+        answer=_answer(obj.get("answer")),
+        reference=_opt_text(obj.get("reference"), "reference"),
+        entry_point=entry_point,
+        test_inputs=test_inputs,
+        test_outputs=_paired(test_inputs, _as_str_list(obj.get("test_outputs"), "test_outputs"), "test_outputs"),
+        reference_test_inputs=ref_inputs,
+        reference_test_outputs=_paired(
+            ref_inputs, _as_str_list(obj.get("reference_test_outputs"), "reference_test_outputs"),
+            "reference_test_outputs",
+        ),
     )
 
 
@@ -58,17 +107,21 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any | ValueError]]:
     """Yield (line number, parsed object or the ValueError it raised); blank lines are skipped."""
     p = Path(path)
     try:
-        fh = p.open(encoding="utf-8")
+        fh = p.open("rb")  # decoded line by line: one bad byte is one bad record, not a crash
     except OSError as e:
         raise UserError(f"{p}: cannot read ({e.strerror})") from None
     with fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                yield lineno, json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                yield lineno, ValueError(f"not UTF-8 (byte {e.start})")
             except json.JSONDecodeError as e:
                 yield lineno, ValueError(f"invalid JSON ({e.msg})")
+            except RecursionError:
+                yield lineno, ValueError("invalid JSON (nested too deeply)")
 
 
 def read_records(
