@@ -52,13 +52,8 @@ def test_every_node_seeing_the_probe_passes(tmp_path):
 
 
 @pytest.mark.slow
-def test_local_ray_node_reads_the_probe(tmp_path):
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=1, include_dashboard=False)
-    try:
-        assert check_run_dir_shared(tmp_path / "run", 60.0) == 1
-        # The same pinned read of a file the driver never wrote reports the node and the reason.
-        (read,) = cluster_check.read_on_every_node(str(tmp_path / "absent"), 60.0)
-        assert read.text is None and read.error == "No such file or directory"
-    finally:
-        ray.shutdown()
+def test_local_ray_node_reads_the_probe(ray_local, tmp_path):
+    assert check_run_dir_shared(tmp_path / "run", 60.0) == 1
+    # The same pinned read of a file the driver never wrote reports the node and the reason.
+    (read,) = cluster_check.read_on_every_node(str(tmp_path / "absent"), 60.0)
+    assert read.text is None and read.error == "No such file or directory"
