@@ -7,6 +7,7 @@ hung; there, every `PLAIN_EVERY_S` seconds (and at completion) a one-line status
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -24,7 +25,7 @@ PLAIN_EVERY_S = 15.0
 
 
 class _Progress(Progress):
-    def __init__(self, *columns, **kwargs):
+    def __init__(self, *columns: Any, **kwargs: Any) -> None:
         super().__init__(*columns, **kwargs)
         self._last_line: dict[TaskID, float] = {}
 
