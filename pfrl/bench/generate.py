@@ -17,6 +17,8 @@ import os
 import tempfile
 import time
 
+from pfrl.bench.report import add_json_argument, write_json
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF model directory (default: a random tiny Llama).")
@@ -28,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="Config override (repeatable)."
     )
+    add_json_argument(p)
 
 
 def _prompts(count: int) -> list[str]:
@@ -127,4 +130,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  vLLM generator   : {vllm_tps:10.1f} tokens/s  ({vllm_tok} tokens in {vllm_s:.2f}s)")
     print(f"  HF generate      : {hf_tps:10.1f} tokens/s  ({hf_tok} tokens in {hf_s:.2f}s)")
     print(f"  ratio vLLM/HF    : {vllm_tps / hf_tps:10.2f}")
+    write_json(args.json_out, "generate", {
+        "model": args.model or "random tiny Llama", "prompts": len(prompts), "n": args.n,
+        "max_tokens": args.max_tokens, "hf_threads": None if torch.cuda.is_available() else torch.get_num_threads(),
+        "vllm_tokens_per_s": vllm_tps, "vllm_tokens": vllm_tok, "vllm_s": vllm_s,
+        "hf_tokens_per_s": hf_tps, "hf_tokens": hf_tok, "hf_s": hf_s, "vllm_vs_hf": vllm_tps / hf_tps,
+    })
     return 0

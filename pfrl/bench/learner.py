@@ -15,6 +15,8 @@ import random
 import tempfile
 import time
 
+from pfrl.bench.report import add_json_argument, write_json
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF model directory (default: a random tiny Llama).")
@@ -31,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SECTION.KEY=VALUE",
         help="Config override (repeatable), e.g. --set learner.zero_stage=3.",
     )
+    add_json_argument(p)
 
 
 def synthetic_pairs(n: int, seed: int) -> list:
@@ -160,4 +163,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  plain PyTorch loop : {tps['plain']:10.1f} tokens/s")
     print(f"  DeepSpeed engine   : {tps['engine']:10.1f} tokens/s")
     print(f"  ratio engine/plain : {tps['engine'] / tps['plain']:10.3f}")
+    write_json(args.json_out, "learner", {
+        "zero_stage": lc.zero_stage, "device": device.type, "pairs_per_step": lc.pairs_per_step, "steps": args.steps,
+        "plain_tokens_per_s": tps["plain"], "engine_tokens_per_s": tps["engine"],
+        "engine_vs_plain": tps["engine"] / tps["plain"],
+    })
     return 0

@@ -17,6 +17,8 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from pfrl.bench.report import add_json_argument, write_json
+
 BARE_RUNNER = (
     "import json, sys\n"
     "job = json.load(sys.stdin)\n"
@@ -36,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config", help="YAML config file.")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Config override.")
+    add_json_argument(parser)
 
 
 def _jobs(n_programs: int, n_tests: int):
@@ -109,4 +112,10 @@ def run(args: argparse.Namespace) -> int:
     for name, ok, secs in rows:
         print(f"  {name:<18} {total / secs:8.1f} exec/s  {secs:7.2f}s  passed {ok}/{total}")
     print(f"  throughput ratio sandbox/bare: {bare_s / sandbox_s:.3f}")
+    figures = {"programs": args.programs, "tests": args.tests, "workers": cfg.workers, "backend": backend,
+               "executions": total, "sandbox_vs_bare": bare_s / sandbox_s}
+    for name, ok, secs in rows:
+        key = name.split(" ")[0]  # bare, harness, sandbox
+        figures |= {f"{key}_exec_per_s": total / secs, f"{key}_passed": ok}
+    write_json(args.json_out, "sandbox", figures)
     return 0

@@ -18,6 +18,8 @@ import time
 import uuid
 from typing import Any
 
+from pfrl.bench.report import add_json_argument, write_json
+
 TENSOR_MB = 4
 
 
@@ -30,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="Config override (repeatable)."
     )
+    add_json_argument(p)
 
 
 def _payload(size_mb: float) -> list[tuple[str, Any]]:
@@ -164,6 +167,10 @@ def run(args: argparse.Namespace) -> int:
         f"receiver process(es), best of {args.repeats}"
     )
     print(f"  in-memory copy     : {base:8.2f} GB/s")
+    figures: dict[str, Any] = {
+        "size_mb": nbytes / 2**20, "bucket_mb": cfg.sync.bucket_mb, "receivers": args.receivers,
+        "repeats": args.repeats, "copy_gb_per_s": base,
+    }
     for transport in transports:
         secs = _transport_seconds(transport, payload, args.receivers, args.repeats, bucket_bytes)
         gbps = nbytes / secs / 1e9
@@ -171,4 +178,6 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"  {label:<19}: {gbps:8.2f} GB/s  ({secs * 1000:.0f} ms per sync, ratio to copy {gbps / base:.3f})"
         )
+        figures |= {f"{transport}_gb_per_s": gbps, f"{transport}_ms": secs * 1000, f"{transport}_vs_copy": gbps / base}
+    write_json(args.json_out, "sync", figures)
     return 0
