@@ -11,6 +11,7 @@ Every test has a hard pytest timeout so that a containment failure cannot hang t
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -58,14 +59,27 @@ WEAK: dict[tuple[str, str], str] = {
 }
 if not ROOT:
     WEAK |= {
-        ("unshare", "secrets"): _SAME_USER,
-        ("none", "secrets"): _SAME_USER,
+        ("unshare", "secrets"): _SAME_USER + ": the caller's private files are readable",
+        ("none", "secrets"): _SAME_USER + ": the caller's private files are readable",
         ("unshare", "others"): _SAME_USER + ": other programs' scratch is readable",
         ("none", "others"): _SAME_USER + ": other programs' scratch is readable",
         ("none", "environ"): _SAME_USER + ": /proc/PID/environ of the caller's processes is readable",
-        ("none", "processes"): "not root, no pid namespace: processes that leave the process group survive "
-        "and process limits count all of the caller's processes",
+        ("none", "daemons"): "not root, no pid namespace: processes that leave the process group survive",
     }
+
+
+def _own_processes() -> int:
+    uid, count = os.getuid(), 0
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            count += Path(f"/proc/{entry}").stat().st_uid == uid
+    return count
+
+
+if not ROOT and _own_processes() + 8 >= CFG.max_procs:
+    WEAK[("none", "processes")] = (
+        f"not root: the process limit ({CFG.max_procs}) counts all {_own_processes()} processes of the caller"
+    )
 # Too dangerous to run at all: the program would SIGKILL every process of the caller, pytest included.
 NOT_RUN = set() if ROOT else {("none", "signals")}
 
@@ -197,7 +211,7 @@ def test_process_limit_bites(sandbox, backend, request):
 
 @pytest.mark.timeout(60)
 def test_daemonized_children_are_killed(sandbox, backend, request):
-    expect(request, backend, "processes")
+    expect(request, backend, "daemons")
     program = (
         "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\nprint('parent done')\n"
     )
@@ -308,15 +322,17 @@ def test_host_files_are_invisible(sandbox, backend, request):
 
 
 @pytest.mark.timeout(60)
-def test_host_secrets_are_unreadable(sandbox, backend, request):
-    """The weaker guarantee every backend gives as root: what the dropped uid may not read stays
-    unread even where the host filesystem is visible."""
+def test_host_secrets_are_unreadable(sandbox, backend, request, tmp_path):
+    """The weaker guarantee every backend gives as root: what the dropped uid may not read (the
+    caller's private files, like a ~/.netrc, and /etc/shadow) stays unread even where the host
+    filesystem is visible."""
     expect(request, backend, "secrets")
-    paths = ["/etc/shadow", str(HOME)]
+    private = tmp_path / "netrc"
+    private.write_text("machine api password sk-test-secret\n")
+    private.chmod(0o600)
+    paths = ["/etc/shadow", str(private), str(tmp_path)]
     seen = json.loads(sandbox.run_program(FILE_PROBE, [json.dumps(paths)], None)[0].output)
-    assert seen["/etc/shadow"] in UNREADABLE, seen
-    home = seen[str(HOME)]
-    assert home in UNREADABLE or set(home) <= _home_entries_allowed(), home
+    assert all(seen[p] in UNREADABLE for p in paths), seen
 
 
 @pytest.mark.timeout(90)
@@ -477,6 +493,10 @@ HOSTILE = [
 
 @pytest.mark.timeout(120)
 def test_labeller_keeps_working_after_hostile_programs(backend, request):
+    """Hostile programs score 0 and the good one 1, twice, with nothing left running. Where all
+    programs share one process limit (`none` without root), a fork bomb can starve the programs
+    that run beside it: there only the weaker promise is checked (the labeller survives, hostile
+    programs score 0)."""
     expect(request, backend, "processes")
     open_sandbox(backend).close()  # skips here, with the reason, where the backend cannot run
     problem = Problem(
@@ -493,9 +513,12 @@ def test_labeller_keeps_working_after_hostile_programs(backend, request):
     with Labeller("code", cfg, seed=0) as labeller:
         first = labeller.label(group)
         second = labeller.label(group)
-    assert first.skipped is None and first.scores == [0.0] * len(HOSTILE) + [1.0]
-    assert first.pairs and all(c == len(HOSTILE) for c, _ in first.pairs)
-    assert second.scores == first.scores and second.pairs == first.pairs
+    if backend == "none" and not ROOT:
+        assert first.scores[:-1] == [0.0] * len(HOSTILE) and second.scores[:-1] == first.scores[:-1]
+    else:
+        assert first.skipped is None and first.scores == [0.0] * len(HOSTILE) + [1.0]
+        assert first.pairs and all(c == len(HOSTILE) for c, _ in first.pairs)
+        assert second.scores == first.scores and second.pairs == first.pairs
     deadline = time.monotonic() + 5.0
     while (left := descendants() - before) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -162,6 +162,10 @@ def bwrap_launch(cfg: SandboxSection, python: str) -> Launch:
         "1777",
         "--tmpfs",
         "/tmp",
+        # The root tmpfs holds only mount points, and has no size limit: read-only, so that without
+        # root (where its owner is the program's own mapped uid) nothing can be written there.
+        "--remount-ro",
+        "/",
         "--chdir",
         "/tmp",
         "--clearenv",
