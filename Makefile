@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	# break `import transformers` (README, "Two commands"); nothing in pfrl needs them.
 	$(if $(HAS_GPU),,$(VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true)
 	# The code sandbox isolates programs with bubblewrap when it is there (docs/feedback.md).
-	command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap) || echo "note: bubblewrap not installed; the sandbox falls back to weaker isolation"; }
+	command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap) || echo "note: bubblewrap not installed; code runs use unshare (weaker isolation) or stop unless labeller.sandbox.backend: none is set"; }
 	touch $(STAMP)
 
 # A new run directory per demo: `pfrl train` refuses to write over a finished run, and a second

@@ -193,4 +193,8 @@ def test_preflight_reports_the_backend_of_code_runs_only():
 
     assert check_sandbox(PfrlConfig.model_validate({"run": {"task": "math"}})) is None
     code = PfrlConfig.model_validate({"run": {"task": "code"}, "labeller": {"sandbox": FAST}})
-    assert check_sandbox(code) in ("bwrap", "unshare")
+    try:
+        backend = check_sandbox(code)
+    except SandboxUnavailable as e:
+        pytest.skip(f"no isolating backend works on this machine: {e}")
+    assert backend in ("bwrap", "unshare")
