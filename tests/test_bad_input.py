@@ -225,3 +225,13 @@ def test_an_empty_data_file_is_one_line(tiny_math_model, tmp_path):
     rc, _, err = run_cli(["train", "--set", f"model.path={tiny_math_model}", "--set", f"data.train_file={path}",
                           "--set", f"run.dir={tmp_path}/run"])
     assert_one_line_error(rc, err, str(path), "no valid problems")
+
+
+def test_a_huge_duplicate_id_gives_a_short_line(tiny_math_model, tmp_path):
+    path = tmp_path / "train.jsonl"
+    huge = "x" * 1_000_000
+    path.write_text("".join(json.dumps({**GOOD, "id": huge}) + "\n" for _ in range(2)))
+    rc, _, err = run_cli(["train", "--set", f"model.path={tiny_math_model}", "--set", f"data.train_file={path}",
+                          "--set", "data.max_bad_records=0", "--set", f"run.dir={tmp_path}/run"])
+    line = assert_one_line_error(rc, err, str(path), "line 2: duplicate id")
+    assert len(line) < 1000

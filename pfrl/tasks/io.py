@@ -124,6 +124,11 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any | ValueError]]:
                 yield lineno, ValueError("invalid JSON (nested too deeply)")
 
 
+def _clip(reason: str, limit: int = 200) -> str:
+    """A reason may quote a value (a megabyte-long id): the error line stays readable."""
+    return reason if len(reason) <= limit else reason[:limit] + "..."
+
+
 def read_records(
     path: str | Path, parse: Callable[[Any, int], T], max_bad: float, noun: str, unit: str, note: str = ""
 ) -> tuple[list[T], list[tuple[int, str]]]:
@@ -138,7 +143,7 @@ def read_records(
                 raise obj
             items.append(parse(obj, lineno))
         except ValueError as e:
-            bad.append((lineno, str(e)))
+            bad.append((lineno, _clip(str(e))))
     total = len(items) + len(bad)
     if not items:
         first = f" (line {bad[0][0]}: {bad[0][1]})" if bad else ""
