@@ -434,6 +434,11 @@ class MetricsSection(Section):
         1, ge=1, description="Samples per held-out problem besides the greedy one; K > 1 adds maj@K and pass@K."
     )
     eval_temperature: float = Field(1.0, ge=0, description="Sampling temperature of those K samples.")
+    samples_rate: float = Field(
+        0.05, ge=0, le=1, description="Share of labelled groups written to RUN_DIR/samples.jsonl (0: none), "
+        "chosen by a seeded hash of the prompt id."
+    )
+    sample_chars: int = Field(500, ge=16, description="Each completion in samples.jsonl is cut to this many characters.")
 
 
 class ClusterSection(Section):

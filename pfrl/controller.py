@@ -23,11 +23,12 @@ import signal
 import time
 from pathlib import Path
 
-from pfrl import issue_policy
+from pfrl import faults, issue_policy
 from pfrl.checkpoint import CheckpointStore, CheckpointWriteError
 from pfrl.config import PfrlConfig
 from pfrl.console import console
 from pfrl.errors import RunFailed, SyncError, UserError
+from pfrl.feedback import isolation
 from pfrl.fleet import Fleet, start_ray
 from pfrl.generator_pool import GeneratorPool
 from pfrl.learner_thread import LearnerThread, StepResult
@@ -80,7 +81,7 @@ class Controller:
         self.fleet = Fleet.start(self.cfg, self.inputs.model_path)
         self.pool = GeneratorPool(self.fleet.generators, list(self.fleet.generator_instances))
         self.rollouts = RolloutRequests(self.fleet.generators, self.fleet.labellers)
-        self.learner = LearnerThread(self.fleet.learner, self.fleet.generators, self.cfg.sync)
+        self.learner = LearnerThread(self.fleet.learner, self.fleet.generators, self.cfg.sync, self.run_dir)
         (self.run_dir / "placement.json").write_text(json.dumps(self.fleet.placement(), indent=1))
         if self._resume_from is not None:
             self.fleet.learner.load_checkpoint(str(self._resume_from / "learner"), f"step{self.state.counters.step}")
@@ -300,6 +301,7 @@ class Controller:
         )
         record["label/pairs_per_prompt"] = self.state.pairs_per_prompt
         record["sync/published_version"] = c.published
+        record.update(isolation.metrics(self.inputs.sandbox_backend))
         record.update(evaluation)
         self.state.metrics.log(record)
         if c.step % self.cfg.run.log_every == 0:
@@ -310,6 +312,7 @@ class Controller:
         if self._learner.busy or not sched.iteration_done():
             return
         self._fleet.learner.refresh_reference()
+        faults.hold("iteration_boundary", self.run_dir)
         console.print(f"iteration {sched.iteration} complete: reference model refreshed to "
                       f"policy v{self.state.counters.version}")
         if not sched.advance_iteration():
@@ -353,6 +356,7 @@ class Controller:
             return ray.get(gen.sample.remote(prompts, n, temperature))
 
         scorer = Scorer(self.cfg.run.task, self.cfg.labeller.verify_timeout_s, self.cfg.labeller.sandbox)
+        faults.hold("evaluation", self.run_dir)
         result = evaluate(problems, sample, scorer, n=m.eval_samples, temperature=m.eval_temperature)
         self.state.counters.evals_done.append(step)
         console.print(f"[bold]eval[/] step {step}: held-out accuracy {result['accuracy']:.3f} on {len(problems)} problems")

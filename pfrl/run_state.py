@@ -1,7 +1,7 @@
 """The state a run checkpoints, and the bookkeeping that keeps it consistent.
 
 Counters (steps, versions, restarts, evaluations), the prompt scheduler, the replay buffer, the
-ledger and the metrics file move together: a pair that enters the buffer is tied to its prompt, a
+ledger, the metrics and the samples files move together: a pair that enters the buffer is tied to its prompt, a
 pair that is trained or dropped settles that prompt, and a settled prompt gets exactly one ledger
 line. The controller's main thread is the only writer.
 """
@@ -21,6 +21,7 @@ from pfrl.ledger import Ledger, LedgerLine, Outcome
 from pfrl.metrics import MetricsLogger
 from pfrl.preflight import RunInputs
 from pfrl.run_meters import RunMeters
+from pfrl.samples import SamplesLog
 from pfrl.scheduler import PromptScheduler, make_splits
 from pfrl.types import LabelledGroup, PreferencePair, RolloutGroup
 
@@ -48,6 +49,7 @@ class RunState:
         self.ledger = Ledger(run_dir / "ledger.jsonl")
         self.metrics = MetricsLogger(cfg.metrics, run_dir, cfg.model_dump(mode="json"))
         self.meters = RunMeters(cfg.run.task)
+        self.samples = SamplesLog(run_dir, cfg.metrics.samples_rate, cfg.metrics.sample_chars, cfg.run.seed)
         self.counters = Counters()
         self._pair_counts: deque[int] = deque(maxlen=_YIELD_WINDOW)
 
@@ -72,6 +74,7 @@ class RunState:
         ledger line is written now when it made none."""
         pid = group.item.problem.id
         self.meters.on_labelled(group, result)
+        self.samples.maybe_write(group, result, self.counters.step)
         self._pair_counts.append(len(pairs))
         if not pairs:
             entry = self.scheduler.finish(pid)
@@ -111,7 +114,8 @@ class RunState:
         return {
             "counters": asdict(self.counters), "scheduler": self.scheduler.state_dict(),
             "pair_counts": list(self._pair_counts), "ledger_lines": self.ledger.lines,
-            "metrics_lines": self.metrics.jsonl.lines, "meters": self.meters.state_dict(),
+            "metrics_lines": self.metrics.jsonl.lines, "samples_lines": self.samples.sink.lines,
+            "meters": self.meters.state_dict(),
         }
 
     def checkpoint(self, store: CheckpointStore, save_learner) -> Path:
@@ -126,6 +130,7 @@ class RunState:
         self._pair_counts.extend(state["pair_counts"])
         self.meters.load_state_dict(state["meters"])
         self.metrics.jsonl.truncate(state["metrics_lines"])
+        self.samples.sink.truncate(state["samples_lines"])
         return self.ledger.truncate(state["ledger_lines"])
 
     def start_over(self) -> None:
@@ -133,7 +138,9 @@ class RunState:
         behind: they describe work that is lost, so they go."""
         self.ledger.truncate(0)
         self.metrics.jsonl.truncate(0)
+        self.samples.sink.truncate(0)
 
     def close(self) -> None:
         self.metrics.close()
+        self.samples.sink.close()
         self.ledger.close()

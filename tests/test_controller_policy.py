@@ -198,7 +198,7 @@ def test_learner_thread_hands_back_a_failed_sync_with_the_steps_metrics():
         def train_step(self, pairs, lr):
             return {"learner/pairs": len(pairs), "learner/lr": lr}
 
-    thread = LearnerThread(Learner(), [object(), object()], sync_cfg=None)
+    thread = LearnerThread(Learner(), [object(), object()], sync_cfg=None, run_dir=None)
 
     def dead_generator(gens, version):
         raise SyncError("generator 1 did not answer prepare_sync")
@@ -346,3 +346,33 @@ def test_each_iteration_has_its_own_lr_schedule_that_never_reaches_zero(tmp_path
     assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False)) and lrs[-1] > 0.1
     lines = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "learner/lr" in line]
     assert len(lines) == 8
+
+
+def test_samples_log_writes_labelled_groups_and_is_cut_back_on_resume(tmp_path):
+    from pfrl.commands.status import summarize
+    from pfrl.types import LabelledGroup, RolloutGroup
+
+    c = make(tmp_path, "metrics.samples_rate=1.0", "metrics.sample_chars=16")
+
+    def label_one():
+        item = c.state.scheduler.next_items(1)[0]
+        group = RolloutGroup(item, ["x = 40 + 2 = 42, so the answer is 42", "41"], [[1], [2]], ["stop", "stop"], 1, 2, 0)
+        result = LabelledGroup(item.problem.id, 0, 0, "42", [1.0, 0.0], [(0, 1)], vote_share=0.5)
+        c.state.account(group, result, [PreferencePair(item.problem.id, "q", "good", "bad", 0)])
+
+    label_one()
+    saved = c.state.state_dict()
+    label_one()  # after the checkpoint: rolled back on resume
+    lines = (tmp_path / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and '"completions": ["x = 40 + 2 = 42,", "41"]' in lines[0]
+    assert '"label": "42"' in lines[0] and '"pairs": [[0, 1]]' in lines[0]
+    c.state.samples.sink.truncate(saved["samples_lines"])  # what a resume from `saved` does
+    assert [s["prompt_id"] for s in summarize(tmp_path, recent=5, samples=3)["samples"]] == ["p0"]
+
+
+def test_samples_are_a_seeded_share_of_prompts():
+    from pfrl.samples import _chosen
+
+    picked = [_chosen(f"p{i}", 0.25, seed=0) for i in range(400)]
+    assert 60 < sum(picked) < 140 and picked == [_chosen(f"p{i}", 0.25, seed=0) for i in range(400)]
+    assert not any(_chosen(f"p{i}", 0.0, seed=0) for i in range(50))

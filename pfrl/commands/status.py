@@ -16,11 +16,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="A pfrl run directory.")
     p.add_argument("--json", action="store_true", help="One JSON object, for scripts.")
     p.add_argument("--recent", type=int, default=10, help="Steps averaged for recent throughput.")
+    p.add_argument("--samples", type=int, default=3, help="Recent samples.jsonl lines shown (0: none).")
 
 
-def summarize(run_dir: Path, recent: int) -> dict:
+def summarize(run_dir: Path, recent: int, samples: int = 3) -> dict:
     from pfrl.checkpoint import CheckpointStore
     from pfrl.metrics import read_metrics
+    from pfrl.samples import recent_samples
 
     records = read_metrics(run_dir)
     # Evaluations at the run's start and end write lines of their own, without the step's
@@ -45,6 +47,7 @@ def summarize(run_dir: Path, recent: int) -> dict:
         "first_eval": {"step": evals[0]["step"], "accuracy": evals[0]["eval/accuracy"]} if evals else None,
         "last_eval": {"step": evals[-1]["step"], "accuracy": evals[-1]["eval/accuracy"]} if evals else None,
         "latest_checkpoint": latest.name if latest else None,
+        "samples": recent_samples(run_dir, samples),
     }
 
 
@@ -61,7 +64,7 @@ def _means(records: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     from pfrl.console import console
 
-    summary = summarize(Path(args.run_dir), args.recent)
+    summary = summarize(Path(args.run_dir), args.recent, args.samples)
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -74,4 +77,13 @@ def run(args: argparse.Namespace) -> int:
     for name in ("first_eval", "last_eval"):
         if summary[name]:
             console.print(f"  {name.replace('_', ' ')}: accuracy {summary[name]['accuracy']:.3f} at step {summary[name]['step']}")
+    for s in summary["samples"]:
+        _print_sample(console, s)
     return 0
+
+
+def _print_sample(console, s: dict) -> None:
+    label = f"label {s['label']!r}" + (f" (vote {s['vote_share']:.2f})" if s["vote_share"] is not None else "")
+    outcome = f"no pair: {s['skipped']}" if s["skipped"] else f"{len(s['pairs'])} pairs"
+    console.print(f"  sample step {s['step']} {s['prompt_id']}: {label}, scores {s['scores']}, {outcome}", markup=False)
+    console.print(f"    {s['completions'][0][:120]!r}", markup=False)
