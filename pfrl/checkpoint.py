@@ -25,12 +25,12 @@ import json
 import os
 import re
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
 
+from pfrl import faults
 from pfrl.config import PfrlConfig
 from pfrl.console import console
 from pfrl.errors import UserError
@@ -59,14 +59,6 @@ def _order(name: str) -> tuple[int, int] | None:
     """(step, revision) of a checkpoint directory name, None for anything else."""
     m = _NAME.fullmatch(name)
     return (int(m.group(1)), int(m.group(2) or 0)) if m else None
-
-
-def _injected_delay() -> None:
-    """Fault injection (`pfrl bench chaos`, tests): hold a finished-but-unpublished checkpoint for
-    PFRL_FAULT_CHECKPOINT_DELAY_S seconds, so a kill can land inside the write reliably."""
-    delay = float(os.environ.get("PFRL_FAULT_CHECKPOINT_DELAY_S", "0"))
-    if delay > 0:
-        time.sleep(delay)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -102,8 +94,8 @@ class CheckpointStore:
         name = self._free_name(step)
         final, tmp = self.root / name, self.root / f".tmp-{name}"
         try:
-            self._write(tmp, name, controller, buffer_state, cfg, save_learner)
-            _injected_delay()
+            self._write(tmp, name, controller, buffer_state, cfg, save_learner, self.root.parent)
+            faults.hold("checkpoint_rename", self.root.parent)
             os.replace(tmp, final)
             _atomic_write(self.root / "LATEST", name)
         except OSError as e:
@@ -122,10 +114,11 @@ class CheckpointStore:
 
     @staticmethod
     def _write(tmp: Path, name: str, controller: dict, buffer_state: dict, cfg: PfrlConfig,
-               save_learner: Callable[[Path], None]) -> None:
+               save_learner: Callable[[Path], None], run_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_learner(tmp / "learner")
+        faults.hold("checkpoint_write", run_dir)
         (tmp / "buffer.msgpack").write_bytes(msgpack.packb(buffer_state, use_bin_type=True))
         (tmp / "config.yaml").write_text(cfg.to_yaml())
         (tmp / "controller.json").write_text(json.dumps(controller))

@@ -12,8 +12,10 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from pfrl import faults
 from pfrl.config import SyncSection
 from pfrl.errors import SyncError
 from pfrl.types import PreferencePair
@@ -29,10 +31,11 @@ class StepResult:
 
 
 class LearnerThread:
-    def __init__(self, learner: Any, generators: list[Any], sync_cfg: SyncSection):
+    def __init__(self, learner: Any, generators: list[Any], sync_cfg: SyncSection, run_dir: Path):
         from pfrl.transport.weights import WeightSync  # torch comes with it: not at module load
 
         self.learner = learner
+        self.run_dir = run_dir  # for fault-injection markers only
         self.generators = generators
         self.sync_cfg = sync_cfg
         # The collective group and the ZMQ fallback, carried from sync to sync (all on this thread).
@@ -72,6 +75,7 @@ class LearnerThread:
     # -- on the thread ---------------------------------------------------------------------
     def _step(self, pairs: list[PreferencePair], lr: float, publish_as: int | None) -> StepResult:
         started = time.time()
+        faults.hold("learner_step", self.run_dir)
         metrics = self.learner.train_step(pairs, lr)
         if publish_as is None:
             return StepResult(pairs, metrics, started, None)
@@ -84,6 +88,7 @@ class LearnerThread:
     def _publish(self, gens: list[int], version: int) -> dict[str, Any]:
         from pfrl.transport.weights import sync_weights
 
+        faults.hold("weight_sync", self.run_dir)
         # Learner rank 0 drives the other ranks' ZeRO-3 gathers itself (LearnerActor.set_peers).
         gen_handles = [self.generators[g] for g in gens]
         return sync_weights(self.learner.rank0, gen_handles, version, self.sync_cfg, self._weight_sync)

@@ -106,7 +106,6 @@ def test_an_unwritable_run_dir_is_one_clear_error(tmp_path):
 
 
 _SCRIPT = textwrap.dedent("""
-    import os
     import sys
     from pathlib import Path
     from pfrl.checkpoint import CheckpointStore
@@ -117,20 +116,22 @@ _SCRIPT = textwrap.dedent("""
         d.mkdir()
         (d / "weights").write_text("w")
     store.save(5, {"step": 5}, {"pairs": []}, PfrlConfig(), learner)
-    os.environ["PFRL_FAULT_CHECKPOINT_DELAY_S"] = "120"  # the second save waits before its rename
+    # arm the fault point: the second save holds right before its rename
+    (Path(sys.argv[1]) / "faults").mkdir()
+    (Path(sys.argv[1]) / "faults" / "checkpoint_rename.armed").touch()
     store.save(5, {"step": 5, "again": True}, {"pairs": []}, PfrlConfig(), learner)
 """)
 
 
 def test_kill_9_inside_a_second_save_of_the_same_step_resumes(tmp_path):
     """A real kill while the second copy of a step waits to be published (the fault-injection
-    delay sits right before the rename, where the old code had already removed the first copy)."""
-    proc = subprocess.Popen([sys.executable, "-c", _SCRIPT, str(tmp_path)], start_new_session=True)
+    point sits right before the rename, where the old code had already removed the first copy)."""
+    env = {**os.environ, "PFRL_FAULT_AT": "checkpoint_rename", "PFRL_FAULT_HOLD_S": "120"}
+    proc = subprocess.Popen([sys.executable, "-c", _SCRIPT, str(tmp_path)], env=env, start_new_session=True)
     try:
         deadline = time.time() + 60
-        ckpts = tmp_path / "checkpoints"
-        while not (ckpts / ".tmp-step-000005.1" / "COMPLETE").exists():
-            assert proc.poll() is None and time.time() < deadline, "the save never reached its delay"
+        while not (tmp_path / "faults" / "checkpoint_rename").exists():
+            assert proc.poll() is None and time.time() < deadline, "the save never reached its fault point"
             time.sleep(0.1)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
