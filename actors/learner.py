@@ -61,7 +61,7 @@ class LearnerActor:
         master_addr: str,
         master_port: int,
         local_rank: int,
-    ) -> dict[str, float]:
+    ) -> None:
         import torch
 
         from learner.engine import DPOEngine
@@ -84,7 +84,6 @@ class LearnerActor:
             ModelSection.model_validate(model_cfg),
             seed,
         )
-        return self._engine.state()
 
     @property
     def _engine(self) -> DPOEngine:
@@ -109,9 +108,8 @@ class LearnerActor:
     def save_checkpoint(self, ckpt_dir: str, tag: str) -> None:
         self._engine.save_checkpoint(ckpt_dir, tag)
 
-    def load_checkpoint(self, ckpt_dir: str, tag: str) -> dict[str, float]:
+    def load_checkpoint(self, ckpt_dir: str, tag: str) -> None:
         self._engine.load_checkpoint(ckpt_dir, tag)
-        return self._engine.state()
 
     def _publishing_engine(self):
         needs_followers = self._engine.cfg.zero_stage == 3 and self.peers

@@ -224,9 +224,6 @@ class DPOEngine:
         self.step = int(client_state["pfrl_step"])
         self.reference_step = int(client_state["pfrl_reference_step"])
 
-    def state(self) -> dict[str, float]:
-        return {"step": self.step, "lr": float(self.engine.get_lr()[0])}
-
     def _barrier(self) -> None:
         if self.world_size > 1:
             import torch.distributed as dist

@@ -144,8 +144,8 @@ class LearnerGroup:
     def save_checkpoint(self, ckpt_dir: str, tag: str) -> None:
         self._all("save_checkpoint", _abs(ckpt_dir), tag)
 
-    def load_checkpoint(self, ckpt_dir: str, tag: str) -> dict[str, float]:
-        return self._all("load_checkpoint", _abs(ckpt_dir), tag)[0]
+    def load_checkpoint(self, ckpt_dir: str, tag: str) -> None:
+        self._all("load_checkpoint", _abs(ckpt_dir), tag)
 
     def shutdown(self) -> None:
         for a in self.actors:

@@ -80,6 +80,18 @@ def ray_local():
 
 
 @pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-model training: a second gains nothing, and on a shared
+    2-core box two OpenMP threads spinning against other processes made steps ~8x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
 def pairs():
     """16 synthetic math preference pairs (right vs. wrong boxed answer), the same in every module."""
     from pfrl.bench.learner import synthetic_pairs

@@ -38,7 +38,7 @@ def baseline(tiny_math_model, pairs):
     from learner.engine import DPOEngine
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see test_learner_engine.one_thread
+    torch.set_num_threads(1)  # see the one_thread fixture (conftest)
     cfg = load_config(None, COMMON)
     lc = LearnerSection(**{**cfg.learner.model_dump(), "zero_stage": 0, "micro_batch_pairs": 8})
     engine = DPOEngine(tiny_math_model, lc, ModelSection(max_length=256), seed=0)
@@ -119,8 +119,7 @@ def check_refresh_and_checkpoint(group, pairs, ckpt_dir) -> None:
     group.save_checkpoint(str(ckpt_dir), "s4")
     expected = group.train_step(pairs[8:])
     assert expected["learner/reward_chosen"] != pytest.approx(0.0, abs=1e-6)
-    state = group.load_checkpoint(str(ckpt_dir), "s4")
-    assert state["step"] == 4  # 3 batches + the step after the refresh
+    group.load_checkpoint(str(ckpt_dir), "s4")
     again = group.train_step(pairs[8:])
     for key in (*KEYS, "learner/lr"):
         assert again[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key

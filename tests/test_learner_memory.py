@@ -102,14 +102,6 @@ def test_merged_lora_weights_carry_base_names_and_the_adapted_outputs(tiny_math_
     torch.testing.assert_close(_logits(fresh, ids), adapted, atol=1e-5, rtol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "zero_stage, offload", [(2, {"offload_optimizer": "cpu"}), (3, {"offload_params": "cpu"})]
