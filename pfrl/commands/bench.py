@@ -11,6 +11,7 @@ BENCHES = {
     "learner": "DeepSpeed DPO vs a plain PyTorch loop: tokens/s and ratio",
     "sandbox": "sandboxed vs bare program execution: programs x tests/s and ratio",
     "chaos": "kill -9 / resume trials of `pfrl train`: faults injected, survived, prompts lost",
+    "e2e": "pfrl online vs lockstep vs TRL online DPO to the same updates: wall time, idle, accuracy, ratios",
 }
 
 
