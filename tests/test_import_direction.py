@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "pfrl.learner_thread": DRIVER,
     "pfrl.rollouts": DRIVER,
     "pfrl.run_state": DRIVER,
+    "pfrl.samples": DRIVER,  # the run's samples.jsonl, written by the controller's run state
     "pfrl.fleet": DRIVER,
     "pfrl.learner_group": DRIVER,
     "pfrl.cluster_check": DRIVER,  # probes every Ray node with pinned tasks
