@@ -15,7 +15,8 @@ from pfrl.config import LearnerSection
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for _, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -25,7 +26,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 def build_optimizer(model: torch.nn.Module, cfg: LearnerSection) -> torch.optim.Optimizer:
     return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=1e-8
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.adam_betas, eps=1e-8
     )
 
 

@@ -17,95 +17,48 @@ Staleness is measured against the newest weights published to the generators (se
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import time
-from pathlib import Path
+from typing import Any
 
 from pfrl import faults, issue_policy
 from pfrl.checkpoint import CheckpointStore, CheckpointWriteError
 from pfrl.config import PfrlConfig
 from pfrl.console import console
-from pfrl.errors import RunFailed, SyncError, UserError
+from pfrl.errors import RunFailed, SyncError
 from pfrl.feedback import isolation
-from pfrl.fleet import Fleet, start_ray
 from pfrl.generator_pool import GeneratorPool
 from pfrl.learner_thread import LearnerThread, StepResult
-from pfrl.preflight import RunInputs, check_inputs
+from pfrl.preflight import RunInputs
 from pfrl.rollouts import GeneratorLost, Labelled, LabellerLost, OlderWeights, RolloutRequests
-from pfrl.run_state import RunState
+from pfrl.run_state import RunState, write_run_state
 
-__all__ = ["Controller", "RunFailed", "train"]
+__all__ = ["Controller", "RunFailed"]
 
 _REQUESTS_PER_GENERATOR = 2  # one running, one queued: the engine never waits for the controller
 _POLL_S = 0.1
 
 
 class Controller:
-    def __init__(self, cfg: PfrlConfig, inputs: RunInputs, resume: bool):
-        self.cfg = cfg
-        self.inputs = inputs
-        self.run_dir = Path(cfg.run.dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.state = RunState(cfg, inputs, self.run_dir)
-        self.store = CheckpointStore(self.run_dir, cfg.checkpoint.keep_last)
+    """The loop over started actors. `pfrl/training.py` builds the parts and hands them over."""
+
+    def __init__(self, cfg: PfrlConfig, inputs: RunInputs, state: RunState, store: CheckpointStore,
+                 learner_group: Any, pool: GeneratorPool, rollouts: RolloutRequests, learner: LearnerThread):
+        self.cfg, self.inputs, self.state, self.store = cfg, inputs, state, store
+        self.run_dir = state.run_dir
+        self.learner_group = learner_group  # checkpoints, reference refresh, the final model
+        self.pool, self.rollouts, self.learner = pool, rollouts, learner
         self.stop_requested = False
         self.all_done = False
-        # Started by `start()`:
-        self.fleet: Fleet | None = None
-        self.pool: GeneratorPool | None = None
-        self.rollouts: RolloutRequests | None = None
-        self.learner: LearnerThread | None = None
-        self._resume_from = self._restore() if resume and self.store.latest() is not None else self._fresh(resume)
-        (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
 
-    # -- lifecycle -------------------------------------------------------------------------
-    def _fresh(self, resume: bool) -> None:
-        if resume:
-            console.print(f"[yellow]{self.store.root}: no checkpoint yet; starting the run from the beginning")
-        self.state.start_over()
-        return None
-
-    def _restore(self) -> Path:
-        path, saved, buffer_state = self.store.load(self.cfg)
-        rolled = self.state.restore(saved, buffer_state)
-        sched = self.state.scheduler
-        console.print(f"resuming from {path.name}: step {self.state.counters.step}, iteration {sched.iteration}, "
-                      f"{len(sched.inflight_ids())} prompts re-issued, {rolled} ledger lines rolled back")
-        return path
-
-    def start(self) -> None:
-        start_ray(self.cfg)
-        _install_signal_handlers(self)  # after ray.init, whose driver installs its own SIGTERM handler
-        self.fleet = Fleet.start(self.cfg, self.inputs.model_path)
-        self.pool = GeneratorPool(self.fleet.generators, list(self.fleet.generator_instances))
-        self.rollouts = RolloutRequests(self.fleet.generators, self.fleet.labellers)
-        self.learner = LearnerThread(self.fleet.learner, self.fleet.generators, self.cfg.sync, self.run_dir)
-        (self.run_dir / "placement.json").write_text(json.dumps(self.fleet.placement(), indent=1))
-        if self._resume_from is not None:
-            self.fleet.learner.load_checkpoint(str(self._resume_from / "learner"), f"step{self.state.counters.step}")
+    def begin(self) -> None:
+        """A resumed run's generators get the checkpoint's weights; evaluate the start once."""
         if self.state.counters.version > 0:
             self._sync_all()
         if self.cfg.metrics.eval_every_steps and 0 not in self.state.counters.evals_done:
             self._eval_and_log(step=0)
 
-    def shutdown(self) -> None:
-        if self.learner is not None:
-            self.learner.shutdown()
-        if self.fleet is not None:
-            self.fleet.shutdown()
-        self.state.close()
-
-    def write_state(self, state: str, detail: str = "") -> None:
-        """RUN_DIR/state.json: what `pfrl status` reports as the run's state."""
-        record = {"state": state, "detail": detail, "pid": os.getpid(), "time": time.time(),
-                  "step": self.state.counters.step}
-        (self.run_dir / "state.json").write_text(json.dumps(record))
-
     def checkpoint(self) -> None:
-        assert self.fleet is not None
-        learner, tag = self.fleet.learner, f"step{self.state.counters.step}"
+        learner, tag = self.learner_group, f"step{self.state.counters.step}"
         try:
             path = self.state.checkpoint(self.store, lambda d: learner.save_checkpoint(str(d), tag))
         except CheckpointWriteError as e:
@@ -118,7 +71,7 @@ class Controller:
             self._issue_prompts()
             self._collect()
             self._apply_learner_result()
-            if self.stop_requested and not self._learner.busy:
+            if self.stop_requested and not self.learner.busy:
                 self._stop()
                 return
             self._maybe_train()
@@ -128,11 +81,11 @@ class Controller:
     def _finished(self) -> bool:
         max_steps = self.cfg.run.max_steps
         at_max = max_steps is not None and self.state.counters.step >= max_steps
-        return (at_max and not self._learner.busy) or self.all_done
+        return (at_max and not self.learner.busy) or self.all_done
 
     def _stop(self) -> None:
         self.checkpoint()
-        self.write_state("stopped", "stopped on request")
+        write_run_state(self.run_dir, "stopped", self.state.counters.step, "stopped on request")
         console.print("stopped on request; resume with --resume")
 
     def _finish(self) -> None:
@@ -141,48 +94,32 @@ class Controller:
             self._eval_and_log(step=counters.step)
         self.checkpoint()
         final = self.run_dir / "final"
-        self._fleet.learner.save_hf(str(final))
-        self.write_state("finished")
+        self.learner_group.save_hf(str(final))
+        if self.cfg.run.push_to:
+            from pfrl.hub_push import push_final
+
+            console.print(f"pushed {final} to {self.cfg.run.push_to}: {push_final(self.run_dir, self.cfg.run.push_to)}")
+        write_run_state(self.run_dir, "finished", counters.step)
         console.print(f"done: {counters.step} steps, policy v{counters.version}; model in {final}")
 
-    @property
-    def _fleet(self) -> Fleet:
-        assert self.fleet is not None, "the actors are not started"
-        return self.fleet
-
-    @property
-    def _pool(self) -> GeneratorPool:
-        assert self.pool is not None, "the actors are not started"
-        return self.pool
-
-    @property
-    def _rollouts(self) -> RolloutRequests:
-        assert self.rollouts is not None, "the actors are not started"
-        return self.rollouts
-
-    @property
-    def _learner(self) -> LearnerThread:
-        assert self.learner is not None, "the actors are not started"
-        return self.learner
-
     def _snapshot(self) -> issue_policy.LoopSnapshot:
-        return self.state.snapshot(self._rollouts.inflight_prompts(), self._learner.busy, self.stop_requested)
+        return self.state.snapshot(self.rollouts.inflight_prompts(), self.learner.busy, self.stop_requested)
 
     # -- generation and labelling ----------------------------------------------------------
     def _issue_prompts(self) -> None:
-        scheduler, rollouts = self.state.scheduler, self._rollouts
-        for g in self._pool.ready():
+        scheduler, rollouts = self.state.scheduler, self.rollouts
+        for g in self.pool.ready():
             while scheduler.has_unissued() and rollouts.sampling(g) < _REQUESTS_PER_GENERATOR:
                 n = min(self.cfg.generator.prompts_per_request, issue_policy.prompt_deficit(self._snapshot()))
                 if n == 0:
                     return
-                rollouts.issue(g, scheduler.next_items(n), self._pool.states[g].version)
+                rollouts.issue(g, scheduler.next_items(n), self.pool.states[g].version)
 
     def _collect(self) -> None:
-        if not self._rollouts.requests:
-            time.sleep(_POLL_S if self._learner.busy else 0)
+        if not self.rollouts.requests:
+            time.sleep(_POLL_S if self.learner.busy else 0)
             return
-        for event in self._rollouts.poll(_POLL_S):
+        for event in self.rollouts.poll(_POLL_S):
             if isinstance(event, Labelled):
                 self._on_labelled(event)
             elif isinstance(event, GeneratorLost):
@@ -212,14 +149,14 @@ class Controller:
     def _recover_generator(self, g: int) -> None:
         """Wait for Ray's restart; a new instance (counted once) or one on other weights is blanked
         and every generator is brought to the current weights, after the step in flight."""
-        health = self._pool.wait_for_restart(g, self.cfg.generator.restart_timeout_s)
-        restarted, stale = self._pool.check_health(g, health)
+        health = self.pool.wait_for_restart(g, self.cfg.generator.restart_timeout_s)
+        restarted, stale = self.pool.check_health(g, health)
         self.state.counters.generator_restarts += restarted
         if not stale:
             return
-        self._pool.blank(g)
+        self.pool.blank(g)
         self._apply_learner_result(wait=True)  # the step's own sync may already reach the new instance
-        if self._pool.blanks():
+        if self.pool.blanks():
             self._sync_all()
 
     def _recover_sync(self, err: SyncError) -> None:
@@ -228,23 +165,23 @@ class Controller:
         get the current weights; failing again ends the run."""
         console.print(f"[yellow]weight sync after step {self.state.counters.step} failed; "
                       f"re-syncing every generator ({err})")
-        self._pool.blank_all()
-        for g in range(len(self._pool)):
-            self._pool.wait_for_restart(g, self.cfg.generator.restart_timeout_s)
+        self.pool.blank_all()
+        for g in range(len(self.pool)):
+            self.pool.wait_for_restart(g, self.cfg.generator.restart_timeout_s)
         self._sync_all()  # its prepare_sync answers name each instance: on_synced counts the restarts
 
     def _sync_all(self) -> None:
         """Publish the current version to every generator (the learner is idle)."""
-        version, gens = self.state.counters.version, list(range(len(self._pool)))
+        version, gens = self.state.counters.version, list(range(len(self.pool)))
         try:
-            stats = self._learner.sync(gens, version)
+            stats = self.learner.sync(gens, version)
         except SyncError as e:
             raise RunFailed(f"weight sync of version {version} to generators {gens} failed: {e}") from e
         self._on_synced(stats)
 
     def _on_synced(self, stats: dict) -> None:
-        gens = list(range(len(self._pool)))
-        self.state.counters.generator_restarts += self._pool.on_synced(gens, stats["version"], stats["instances"])
+        gens = list(range(len(self.pool)))
+        self.state.counters.generator_restarts += self.pool.on_synced(gens, stats["version"], stats["instances"])
         self.state.counters.published = stats["version"]
         self.state.meters.on_sync(stats)
 
@@ -263,14 +200,14 @@ class Controller:
         pairs = self.state.take(n)
         self.state.meters.on_step_start([counters.version - p.policy_version for p in pairs])
         sync_due = (counters.step + 1) % self.cfg.sync.every_steps == 0
-        self._learner.start_step(pairs, lr, counters.version + 1 if sync_due else None)
+        self.learner.start_step(pairs, lr, counters.version + 1 if sync_due else None)
 
     def _apply_learner_result(self, wait: bool = False) -> None:
         """Apply the step in flight once it is done (with `wait`, block until it is)."""
-        if not self._learner.busy:
+        if not self.learner.busy:
             return
         try:
-            result = self._learner.wait() if wait else self._learner.finished()
+            result = self.learner.wait() if wait else self.learner.finished()
         except Exception as e:
             raise RunFailed(f"learner failed at step {self.state.counters.step + 1}: {e}") from e
         if result is not None:
@@ -309,9 +246,9 @@ class Controller:
 
     def _maybe_end_iteration(self) -> None:
         sched = self.state.scheduler
-        if self._learner.busy or not sched.iteration_done():
+        if self.learner.busy or not sched.iteration_done():
             return
-        self._fleet.learner.refresh_reference()
+        self.learner_group.refresh_reference()
         faults.hold("iteration_boundary", self.run_dir)
         console.print(f"iteration {sched.iteration} complete: reference model refreshed to "
                       f"policy v{self.state.counters.version}")
@@ -334,7 +271,7 @@ class Controller:
             except ray.exceptions.RayActorError as e:
                 if attempt == 1:
                     raise RunFailed(f"generator 0 died twice during the evaluation at step {step}: {e}") from None
-                self._on_generator_lost(GeneratorLost(0, self._rollouts.drop_generator(0), e))
+                self._on_generator_lost(GeneratorLost(0, self.rollouts.drop_generator(0), e))
         raise AssertionError("unreachable")
 
     def _evaluate_once(self, step: int) -> dict[str, float]:
@@ -343,14 +280,14 @@ class Controller:
         from pfrl.evaluation import Scorer, eval_metrics, evaluate
 
         # Never evaluate a blank generator or weights older than the learner's (sparse syncs).
-        gen_version = ray.get(self._pool.actors[0].policy_version.remote())
-        if gen_version != self._pool.states[0].version:
+        gen_version = ray.get(self.pool.actors[0].policy_version.remote())
+        if gen_version != self.pool.states[0].version:
             self._recover_generator(0)
-        if self._pool.blanks() or self.state.counters.published != self.state.counters.version:
+        if self.pool.blanks() or self.state.counters.published != self.state.counters.version:
             self._sync_all()
         m = self.cfg.metrics
         problems = self.inputs.heldout[: m.eval_prompts]
-        gen = self._pool.actors[0]
+        gen = self.pool.actors[0]
 
         def sample(prompts: list[str], n: int, temperature: float) -> list[list[str]]:
             return ray.get(gen.sample.remote(prompts, n, temperature))
@@ -368,36 +305,3 @@ class Controller:
         c = self.state.counters
         self.state.metrics.log({"step": step, "iteration": self.state.scheduler.iteration,
                                 "policy_version": c.version, "time": time.time(), **evaluation})
-
-
-def _install_signal_handlers(controller: Controller) -> None:
-    def handler(signum, _frame):
-        if controller.stop_requested:
-            raise KeyboardInterrupt
-        controller.stop_requested = True
-        console.print(f"[yellow]{signal.Signals(signum).name}: finishing the current step, then checkpointing")
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
-def train(cfg: PfrlConfig, resume: bool = False) -> int:
-    """`pfrl train`: validate inputs, start actors, run the loop, always clean up."""
-    inputs = check_inputs(cfg)
-    if not resume and (Path(cfg.run.dir) / "checkpoints" / "LATEST").exists():
-        raise UserError(f"run.dir={cfg.run.dir} already holds a run: pass --resume, or choose another run.dir")
-    controller = Controller(cfg, inputs, resume)
-    try:
-        controller.write_state("starting")
-        controller.start()
-        controller.write_state("running")
-        controller.run()
-        return 0
-    except RunFailed as e:
-        latest = controller.store.latest()
-        where = f"last checkpoint {latest.name}; resume with --resume" if latest else "no checkpoint yet"
-        controller.write_state("failed", str(e))
-        console.print(f"[red]run failed: {e} ({where})")
-        return 1
-    finally:
-        controller.shutdown()

@@ -8,6 +8,9 @@ line. The controller's main thread is the only writer.
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +47,7 @@ class RunState:
         splits = make_splits([p.id for p in inputs.train], cfg.run.iterations, cfg.data.prompts_per_iteration,
                              cfg.run.seed, cfg.data.shuffle)
         self.cfg = cfg
+        self.run_dir = run_dir
         self.scheduler = PromptScheduler(inputs.train, splits)
         self.buffer = ReplayBuffer(cfg.buffer)
         self.ledger = Ledger(run_dir / "ledger.jsonl")
@@ -144,3 +148,9 @@ class RunState:
         self.metrics.close()
         self.samples.sink.close()
         self.ledger.close()
+
+
+def write_run_state(run_dir: Path, state: str, step: int, detail: str = "") -> None:
+    """RUN_DIR/state.json: what `pfrl status` reports as the run's state."""
+    record = {"state": state, "detail": detail, "pid": os.getpid(), "time": time.time(), "step": step}
+    (Path(run_dir) / "state.json").write_text(json.dumps(record))

@@ -62,7 +62,7 @@ class PromptScheduler:
 
     def next_items(self, k: int) -> list[PromptItem]:
         """Up to k prompts: first those to re-issue, then fresh ones from the current split."""
-        items = []
+        items: list[PromptItem] = []
         while len(items) < k and self._reissue:
             pid = self._reissue.popleft()
             entry = self.pending[pid]

@@ -36,14 +36,14 @@ class ClusterStarted(Exception):
 @pytest.fixture(scope="module", autouse=True)
 def no_cluster():
     """Whatever gets past the checks is stopped before any actor or Ray (and the test fails)."""
-    import pfrl.controller
+    import pfrl.training
 
     def started(*_args, **_kwargs):
         raise ClusterStarted
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pfrl.controller, "Controller", started)
-        mp.setattr(pfrl.controller, "start_ray", started)
+        mp.setattr(pfrl.training, "RunSession", started)
+        mp.setattr(pfrl.training, "start_ray", started)
         yield
     ray = sys.modules.get("ray")
     assert ray is None or not ray.is_initialized()

@@ -1,14 +1,15 @@
 """The loop's decisions and its fault handling, without actors.
 
 The issue/train rules are pure functions of a snapshot (pfrl/issue_policy.py). The fault paths run
-on a real Controller and RunState whose actor-facing parts (generator pool health, learner thread,
-rollout requests) are small fakes that record what the controller asked of them."""
+on a real Controller and RunState handed actor-facing parts (generator pool health, learner thread,
+rollout requests) that are small fakes recording what the controller asked of them."""
 
 from dataclasses import replace
 
 import pytest
 
 from pfrl import issue_policy
+from pfrl.checkpoint import CheckpointStore
 from pfrl.config import load_config
 from pfrl.controller import Controller, RunFailed
 from pfrl.errors import SyncError
@@ -17,6 +18,7 @@ from pfrl.issue_policy import LoopSnapshot
 from pfrl.learner_thread import LearnerThread, StepResult
 from pfrl.preflight import RunInputs
 from pfrl.rollouts import GeneratorLost
+from pfrl.run_state import RunState
 from pfrl.types import PreferencePair, Problem
 
 SNAP = LoopSnapshot(max_policy_lag=1, pairs_per_step=4, capacity=64, num_learners=1, buffered=0,
@@ -122,11 +124,11 @@ def make(tmp_path, *overrides, gens=("g0-a",)):
                                                 "metrics.tensorboard=false", "checkpoint.every_steps=100",
                                                 "metrics.eval_every_steps=null", *overrides])
     problems = [Problem(id=f"p{i}", prompt=f"q{i}", answer="1") for i in range(8)]
-    c = Controller(cfg, RunInputs("unused", problems, [], 0), resume=False)
-    c.learner = FakeLearnerThread(list(gens))
-    c.pool = FakePool(gens, c.learner.calls)
-    c.rollouts = FakeRollouts()
-    return c
+    inputs = RunInputs("unused", problems, [], 0)
+    learner = FakeLearnerThread(list(gens))
+    state = RunState(cfg, inputs, tmp_path)
+    return Controller(cfg, inputs, state, CheckpointStore(tmp_path, 1), learner_group=None,
+                      pool=FakePool(gens, learner.calls), rollouts=FakeRollouts(), learner=learner)
 
 
 def buffer_pairs(c, n, version=0):

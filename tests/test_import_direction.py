@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "pfrl.commands": DRIVER,
     "pfrl.bench": DRIVER,
     "pfrl.controller": DRIVER,
+    "pfrl.training": DRIVER,
     "pfrl.issue_policy": DRIVER,
     "pfrl.generator_pool": DRIVER,
     "pfrl.learner_thread": DRIVER,

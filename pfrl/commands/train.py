@@ -25,6 +25,6 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(cfg.to_yaml())
         return 0
-    from pfrl.controller import train
+    from pfrl.training import train
 
     return train(cfg, resume=args.resume)
