@@ -55,19 +55,25 @@ def tiny_code_model(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def boot_math(tmp_path_factory) -> str:
     """A tiny math model that has learned the task a little (`pfrl bootstrap --small`), with data."""
-    from pfrl.bootstrap import BootstrapSpec, bootstrap
-
-    out = tmp_path_factory.mktemp("boot-math") / "model"
-    return str(bootstrap("math", out, seed=0, spec=BootstrapSpec.small()))
+    return _bootstrapped("math", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def boot_code(tmp_path_factory) -> str:
     """A tiny code model that has learned the task a little (`pfrl bootstrap --small`), with data."""
+    return _bootstrapped("code", tmp_path_factory)
+
+
+def _bootstrapped(task: str, tmp_path_factory) -> str:
+    """`PFRL_TEST_BOOT_<TASK>` names one built before (`pfrl bootstrap --task T --small --out DIR`):
+    a developer re-running slow tests skips the minutes of SFT; CI leaves it unset and builds it."""
     from pfrl.bootstrap import BootstrapSpec, bootstrap
 
-    out = tmp_path_factory.mktemp("boot-code") / "model"
-    return str(bootstrap("code", out, seed=0, spec=BootstrapSpec.small()))
+    prebuilt = os.environ.get(f"PFRL_TEST_BOOT_{task.upper()}")
+    if prebuilt:
+        return prebuilt
+    out = tmp_path_factory.mktemp(f"boot-{task}") / "model"
+    return str(bootstrap(task, out, seed=0, spec=BootstrapSpec.small()))
 
 
 @pytest.fixture(scope="module")
