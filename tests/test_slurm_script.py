@@ -20,7 +20,7 @@ SHIMS = {
     "nvidia-smi": "exit 1\n",
     # ray status: one node line per `ray start` logged so far.
     "ray": (
-        'if [[ $1 == status ]]; then grep -o "ray start" "$SHIM_LOG" | sed "s/.*/ 1 node_x/"; exit 0; fi\n'
+        'if [[ $1 == status ]]; then grep -o "ray start" "$SHIM_LOG" | sed "s/.*/ 1 node_0a1b2c/"; exit 0; fi\n'
         'echo "ray $*" >> "$SHIM_LOG"\n'
     ),
     "pfrl": 'echo "pfrl $*" >> "$SHIM_LOG"\n',
