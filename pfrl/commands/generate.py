@@ -51,11 +51,7 @@ def _config(args: argparse.Namespace):
 
 def _start_generators(cfg: Any, model: str) -> list[Any]:
     from actors.generator import spawn_generator
-    from pfrl.fleet import start_ray
 
-    # Every engine logs its start-up; forwarded here they would drown the progress bar and the
-    # result line. They stay in Ray's session logs; failures still surface as exceptions.
-    start_ray(cfg, log_to_driver=False)
     g = cfg.generator
     return [
         # Offline sampling is idempotent, so a call lost to a restart is simply retried.
@@ -140,11 +136,15 @@ def run(args: argparse.Namespace) -> int:
     problems = read_problems(args.prompts, cfg.data.max_bad_records).problems
     import ray
 
-    started_ray = not ray.is_initialized()
+    from pfrl.fleet import start_ray
+
+    # Every engine logs its start-up; forwarded here they would drown the progress bar and the
+    # result line. They stay in Ray's session logs; failures still surface as exceptions.
+    started_ray = start_ray(cfg, log_to_driver=False)
     try:
         groups, tally, elapsed = _run_sampling(cfg, args.model, problems, not args.no_progress)
     finally:
-        if started_ray and ray.is_initialized():
+        if started_ray:
             ray.shutdown()
     write_jsonl(args.out, (_row(g) for g in groups if g.completions))
     if tally.too_long:
