@@ -38,6 +38,14 @@ def test_pfrl_figures_read_the_first_n_steps():
     assert fig.sync_ms == 70.0 and fig.step_s == 1.0
 
 
+def test_a_run_that_ended_before_n_updates_is_refused():
+    """Its time to fewer updates would compare unlike with unlike (seen: 200 prompts gave 7 of 10)."""
+    from pfrl.errors import UserError
+
+    with pytest.raises(UserError, match="after 2 of 3 updates"):
+        pfrl_figures("online", [_record(1, 1.0), _record(2, 2.0)], updates=3, launch=0.0, loop_start=0.0, final="f")
+
+
 def test_trl_figures_count_one_pair_per_prompt_and_its_waits_as_idle():
     result = {"train_begin": 100.0, "updates": [102.0, 104.0, 110.0], "completion_tokens": 500, "wait_s": 6.0,
               "final": "/t/final", "pairs_per_update": 8}

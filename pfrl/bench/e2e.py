@@ -148,8 +148,14 @@ def _run_pfrl(name: str, config: str, overrides: list[str], updates: int, root: 
 
 def pfrl_figures(name: str, records: list[dict], updates: int, launch: float, loop_start: float,
                  final: str) -> SystemFigures:
-    """One pfrl run's figures from its metrics.jsonl step records (the last record of each step)."""
+    """One pfrl run's figures from its metrics.jsonl step records (the last record of each step).
+    A run that ended before N updates (its prompts ran out) is not comparable: a one-line error."""
+    from pfrl.errors import UserError
+
     by_step = {r["step"]: r for r in records if "learner/step_s" in r and 1 <= r["step"] <= updates}
+    if updates not in by_step:
+        raise UserError(f"{name}: the run ended after {max(by_step, default=0)} of {updates} updates (its prompts "
+                        "ran out: more data.prompts_per_iteration or run.iterations, or fewer --updates)")
     steps = [by_step[s] for s in sorted(by_step)]
     first, last = steps[0], steps[-1]
     syncs = [r["sync/ms"] for r in steps if r.get("sync/ms")]
