@@ -1,7 +1,7 @@
 """Overrides that shrink a preset to a short CI run (real vLLM, DeepSpeed, Ray on CPU).
 
 The `--small` bootstrap model is weak, so the run labels with the records'
-answers (mode auto) and samples 8 per prompt: enough pairs for several steps per iteration."""
+answers (source ground_truth, named: the baseline source) and samples 8 per prompt: enough pairs for several steps per iteration."""
 
 
 def short_run(model: str, run_dir, *extra: str) -> list[str]:
@@ -15,7 +15,7 @@ def short_run(model: str, run_dir, *extra: str) -> list[str]:
         "generator.prompts_per_request=8",
         "learner.pairs_per_step=2",
         "learner.micro_batch_pairs=2",
-        "labeller.mode=auto",
+        "labeller.source=ground_truth",
         "learner.lr=1e-4",
         "checkpoint.every_steps=2",
         "metrics.eval_every_steps=4",

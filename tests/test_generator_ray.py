@@ -157,24 +157,27 @@ def _dies_after_first_bucket(model_path: str):
 
 
 def test_a_sync_that_breaks_off_blocks_sampling_until_a_full_sync(cluster, tiny_math_model):
+    """Sets up its own state (a complete sync first), so it passes alone (-k) and on any GPU count."""
     from pfrl.transport.weights import ReceiverSpec, WeightSync, sync_weights
     from pfrl.transport.zmq_weights import ZmqWeightSender
     from pfrl.types import encode
 
     ray, gen, learner = cluster
+    complete = sync_weights(learner, [gen], 7, SyncSection(transport="zmq", timeout_s=60), WeightSync())
+    assert complete["versions"] == [7]
     info = ray.get(gen.prepare_sync.remote("zmq"))
-    receiving = gen.receive_weights.remote(3, ReceiverSpec("zmq", timeout_s=2.0).to_dict())
+    receiving = gen.receive_weights.remote(8, ReceiverSpec("zmq", timeout_s=2.0).to_dict())
     sender = ZmqWeightSender(info["zmq_addrs"], 10.0)
     with pytest.raises(RuntimeError, match="mid-publish"):
-        sender.send(3, _dies_after_first_bucket(tiny_math_model))
+        sender.send(8, _dies_after_first_bucket(tiny_math_model))
     sender.close()
     with pytest.raises(ray.exceptions.RayTaskError, match="SyncError"):
         ray.get(receiving, timeout=60)
     with pytest.raises(ray.exceptions.RayTaskError, match="WeightsIncomplete"):
         ray.get(gen.generate.remote(encode(_items(1))))
-    assert ray.get(gen.health.remote())["version"] == 2  # still reports the last complete version
-    stats = sync_weights(learner, [gen], 3, SyncSection(transport="zmq", timeout_s=60), WeightSync())
-    assert stats["versions"] == [3]
+    assert ray.get(gen.health.remote())["version"] == 7  # still reports the last complete version
+    stats = sync_weights(learner, [gen], 9, SyncSection(transport="zmq", timeout_s=60), WeightSync())
+    assert stats["versions"] == [9]
     _assert_same_logprobs(ray, gen, learner)
 
 

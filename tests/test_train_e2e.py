@@ -7,6 +7,7 @@ import sys
 import pytest
 from e2e_config import short_run
 
+from pfrl.chaos import real_splits
 from pfrl.ledger import audit, read_ledger
 
 pytestmark = pytest.mark.slow
@@ -47,20 +48,37 @@ def test_short_online_run(boot_math, tmp_path):
     # Held-out eval ran at the start and the end.
     evals = [r for r in records if "eval/accuracy" in r]
     assert evals[0]["step"] == 0 and evals[-1]["step"] == steps[-1]["step"]
-    # Every prompt of both iterations has exactly one ledger outcome.
-    config = (run_dir / "config.yaml").read_text()
-    assert "prompts_per_iteration: 24" in config
-    lines = read_ledger(run_dir / "ledger.jsonl")
-    by_iter = {it: [line.prompt_id for line in lines if line.iteration == it] for it in (0, 1)}
-    report = audit(lines, by_iter)
-    assert all(len(ids) == 24 for ids in by_iter.values())
-    assert all(not r["repeated"] for r in report.values())
+    # Every prompt of the scheduler's real splits has exactly one ledger outcome, and nothing else does.
+    report = audit(read_ledger(run_dir / "ledger.jsonl"), real_splits(run_dir))
+    assert len(report) == 2 and all(r["prompts"] == 24 for r in report.values())
+    assert all(not r["missing"] and not r["repeated"] and not r["unexpected"] for r in report.values()), report
+    # The reference model is the policy at the start of each iteration: it moves at the boundary only.
+    refs = [(r["iteration"], r["learner/reference_version"]) for r in steps]
+    first_of_1 = min(r["step"] for r in steps if r["iteration"] == 1)
+    assert {ref for it, ref in refs if it == 0} == {0}
+    assert {ref for it, ref in refs if it == 1} == {first_of_1 - 1}, refs
+    assert all(r["learner/lr"] > 0 for r in steps)
     assert (run_dir / "final" / "config.json").exists()
     assert (run_dir / "checkpoints" / "LATEST").exists()
     assert list((run_dir / "tb").glob("events.*"))
     status = subprocess.run([sys.executable, "-m", "pfrl.cli", "status", str(run_dir), "--json"],
                             capture_output=True, text=True)
     assert json.loads(status.stdout)["step"] == steps[-1]["step"]
+
+
+@pytest.mark.parametrize("lag", [1, 2])
+def test_sparse_syncs_reach_max_steps(boot_math, tmp_path, lag):
+    """sync.every_steps 3: with staleness measured against the learner, lag 1 stalled after step 2
+    (every pair two versions behind, nothing trains, so no sync ever comes)."""
+    run_dir = tmp_path / "sparse"
+    proc = _train(*short_run(boot_math, run_dir, "sync.every_steps=3", f"buffer.max_policy_lag={lag}",
+                             "run.iterations=1", "run.max_steps=7", "metrics.eval_every_steps=null"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    steps = [r for r in _records(run_dir) if "dpo/loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 8))
+    assert [r["sync/published_version"] for r in steps] == [0, 0, 3, 3, 3, 6, 6]
+    # the learner trains on pairs at most lag + every_steps - 1 of its own steps old
+    assert max(r["buffer/policy_lag"] for r in steps) <= lag + 2
 
 
 def test_lockstep_lag_zero(boot_math, tmp_path):
