@@ -259,7 +259,9 @@ def real_splits(run_dir: Path) -> dict[int, list[str]]:
 
 def _final_loads(run_dir: Path) -> bool:
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the bench's table is the output
     try:
         AutoModelForCausalLM.from_pretrained(run_dir / "final")
     except (OSError, ValueError):

@@ -46,7 +46,7 @@ def scaled_down(preset: Path, model: str, tmp: Path) -> tuple[list[str], int, in
     cfg = yaml.safe_load(preset.read_text())
     task = cfg["run"]["task"]
     every = cfg.get("sync", {}).get("every_steps", 1)
-    max_steps = max(every, 3)
+    max_steps = max(every, 2)
     train = _with_references(Path(model) / "data" / "train.jsonl", tmp / "train.jsonl", task)
     overrides = [
         f"model.path={model}", f"run.dir={tmp / 'run'}", f"data.train_file={train}",
@@ -71,10 +71,11 @@ def scaled_down(preset: Path, model: str, tmp: Path) -> tuple[list[str], int, in
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_every_preset_trains_scaled_down(preset, boot_math, boot_code, tmp_path):
+def test_every_preset_trains_scaled_down(preset, request, tmp_path):
     path = Path("configs") / preset
     task = yaml.safe_load(path.read_text())["run"]["task"]
-    overrides, max_steps, every = scaled_down(path, boot_math if task == "math" else boot_code, tmp_path)
+    model = request.getfixturevalue(f"boot_{task}")  # the tiny bootstrap of the preset's task
+    overrides, max_steps, every = scaled_down(path, model, tmp_path)
     cmd = [sys.executable, "-m", "pfrl.cli", "train", "--config", str(path)]
     for o in overrides:
         cmd += ["--set", o]
