@@ -91,10 +91,11 @@ def test_lockstep_lag_zero(boot_math, tmp_path):
     # Each lockstep round samples for one step; what that step does not use is stale at the next
     # version and dropped. The controller sizes the round by the expected pair yield, so the waste
     # stays within one step's pairs per step (sampling that overlapped training would waste whole
-    # requests of 8 prompts).
+    # requests of 8 prompts). No tighter ratio: how many pairs a round's prompts make varies from
+    # run to run (a first round sized by the prior of 1 pair per prompt drew 3.5 in one CI run:
+    # 8 stale against 15 served, while another run of the same code had 5 against 19).
     last = steps[-1]
     assert last["buffer/dropped_stale"] <= len(steps) * 2
-    assert last["buffer/served"] >= 2 * last["buffer/dropped_stale"]
 
 
 def test_bad_inputs_fail_fast_with_one_line(tmp_path, boot_math):
