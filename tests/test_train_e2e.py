@@ -71,8 +71,10 @@ def test_sparse_syncs_reach_max_steps(boot_math, tmp_path, lag):
     """sync.every_steps 3: with staleness measured against the learner, lag 1 stalled after step 2
     (every pair two versions behind, nothing trains, so no sync ever comes)."""
     run_dir = tmp_path / "sparse"
+    # 48 prompts: 24 ran out after 6 steps in one CI run (the pair yield varies); it stops at 7 anyway
     proc = _train(*short_run(boot_math, run_dir, "sync.every_steps=3", f"buffer.max_policy_lag={lag}",
-                             "run.iterations=1", "run.max_steps=7", "metrics.eval_every_steps=null"))
+                             "run.iterations=1", "data.prompts_per_iteration=48", "run.max_steps=7",
+                             "metrics.eval_every_steps=null"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = [r for r in _records(run_dir) if "dpo/loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 8))
