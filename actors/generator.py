@@ -44,6 +44,10 @@ class GeneratorActor:
         """msgpack list of PromptItem -> msgpack list of RolloutGroup (same order)."""
         return encode(self._engine.generate(decode(items_bytes)))
 
+    def complete_prefixes(self, batches_bytes: bytes) -> bytes:
+        """msgpack list of PrefixBatch -> msgpack list of PrefixRollout (step-level pDPO)."""
+        return encode(self._engine.complete_prefixes(decode(batches_bytes)))
+
     def health(self) -> dict[str, Any]:
         return {
             "generator_id": self._engine.generator_id,

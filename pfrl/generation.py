@@ -28,7 +28,7 @@ from pfrl.errors import SyncError
 from pfrl.model_dir import check_model_dir
 from pfrl.prompting import prompt_ids
 from pfrl.transport.weights import ReceiverInfo, resolve_transport
-from pfrl.types import PromptItem, RolloutGroup
+from pfrl.types import PrefixBatch, PrefixRollout, PromptItem, RolloutGroup
 
 WORKER_EXTENSION = "pfrl.transport.vllm_worker.WeightSyncExtension"
 
@@ -161,7 +161,8 @@ class GeneratorEngine:
         while len(groups) < len(items):
             todo = [i for i in range(len(items)) if i not in groups]
             version = self.policy_version
-            finished, interrupted = self._run_requests(items, prompts, todo, version)
+            params = {i: self._params(items[i], len(prompts[i]), version) for i in todo}
+            finished, interrupted = self._run_requests(prompts, params)
             for i, out in finished.items():
                 groups[i] = self._to_group(items[i], out, version)
             if interrupted:
@@ -171,44 +172,45 @@ class GeneratorEngine:
             g.gen_s = elapsed
         return [groups[i] for i in range(len(items))]
 
-    def _params(self, item: PromptItem, prompt_len: int, version: int) -> Any:
+    def _params(self, item: PromptItem, prompt_len: int, version: int, *, n: int | None = None,
+                budget: int | None = None, key: str = "") -> Any:
+        """Sampling settings of one request: `n` completions (default `n_samples`) of at most `budget`
+        new tokens (default `max_tokens`), seeded by the prompt, its attempt, `key` and the version."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        budget = self.cfg.max_tokens if budget is None else budget
         return SamplingParams(
             # FINAL_ONLY: one output per prompt, holding all n completions once the last finishes.
             output_kind=RequestOutputKind.FINAL_ONLY,
-            n=self.cfg.n_samples,
+            n=self.cfg.n_samples if n is None else n,
             temperature=self.cfg.temperature,
             top_p=self.cfg.top_p,
-            max_tokens=min(self.cfg.max_tokens, self.model_cfg.max_length - prompt_len),
+            max_tokens=max(1, min(budget, self.model_cfg.max_length - prompt_len)),
             stop=list(self.cfg.stop) or None,
-            seed=request_seed(self.seed, item.problem.id, item.attempt, version),
+            seed=request_seed(self.seed, item.problem.id + key, item.attempt, version),
         )
 
-    def _submit(
-        self, items: list[PromptItem], prompts: list[list[int]], todo: list[int], version: int
-    ) -> dict[str, int]:
-        """Add one request per prompt in `todo`; returns request id -> item index."""
+    def _submit(self, prompts: list[list[int]], params: dict[int, Any]) -> dict[str, int]:
+        """Add one request per index in `params`; returns request id -> index."""
         from vllm.inputs import TokensPrompt
 
         engine = self._llm.llm_engine
+        todo = list(params)
         inputs = engine.renderer.render_cmpl([TokensPrompt(prompt_token_ids=prompts[i]) for i in todo])
         ids: dict[str, int] = {}
         for i, engine_input in zip(todo, inputs, strict=True):
             rid = f"g{self.generator_id}-{self._next_request}"
             self._next_request += 1
-            engine.add_request(rid, engine_input, self._params(items[i], len(prompts[i]), version))
+            engine.add_request(rid, engine_input, params[i])
             ids[rid] = i
         return ids
 
-    def _run_requests(
-        self, items: list[PromptItem], prompts: list[list[int]], todo: list[int], version: int
-    ) -> tuple[dict[int, Any], bool]:
-        """Step the engine until `todo` is sampled, or (pause mode) a swap is waiting: then abort
-        what is unfinished and report the interruption."""
+    def _run_requests(self, prompts: list[list[int]], params: dict[int, Any]) -> tuple[dict[int, Any], bool]:
+        """Step the engine until every index in `params` is sampled, or (pause mode) a swap is
+        waiting: then abort what is unfinished and report the interruption."""
         engine = self._llm.llm_engine
-        ids = self._submit(items, prompts, todo, version)
+        ids = self._submit(prompts, params)
         finished: dict[int, Any] = {}
         while len(finished) < len(ids):
             if self.cfg.swap_mode == "pause" and self._gate.swap_waiting():
@@ -220,6 +222,54 @@ class GeneratorEngine:
                 if out.finished and out.request_id in ids:
                     finished[ids[out.request_id]] = out
         return finished, False
+
+    # -- step-level pDPO: continuations of solution prefixes --------------------------------------
+
+    def complete_prefixes(self, batches: list[PrefixBatch]) -> list[PrefixRollout]:
+        """For each batch, choose its line-step prefixes (feedback/steps.py) and sample
+        `completions_per_prefix` continuations of each, all under one policy version."""
+        if not batches:
+            return []
+        chosen = [self._choose_prefixes(b) for b in batches]
+        with self._gate.engine_call():
+            if not self._weights_ok:
+                raise WeightsIncomplete(f"generator {self.generator_id}: last weight sync failed part-way")
+            return self._complete_prefixes_locked(batches, chosen)
+
+    def _choose_prefixes(self, batch: PrefixBatch) -> list[list[int]]:
+        from pfrl.feedback.steps import choose_prefixes, prefix_rng, step_cuts
+
+        cuts = [step_cuts([self._tokenizer.decode([t]) for t in ids]) for ids in batch.solutions]
+        return choose_prefixes(batch.solutions, cuts, batch.prefixes_per_problem, prefix_rng(self.seed, batch.item))
+
+    def _complete_prefixes_locked(self, batches: list[PrefixBatch], chosen: list[list[list[int]]]) -> list[PrefixRollout]:
+        start = time.perf_counter()
+        where = [(b, j) for b, prefixes in enumerate(chosen) for j in range(len(prefixes))]
+        prompts = [batches[b].prompt_token_ids + chosen[b][j] for b, j in where]
+        while True:  # pause mode: an interrupted pass is sampled again, whole, under the new weights
+            version = self.policy_version
+            params = {
+                n: self._params(batches[b].item, len(prompts[n]), version, n=batches[b].completions_per_prefix,
+                                budget=self.cfg.max_tokens - len(chosen[b][j]), key=f"/prefix{j}")
+                for n, (b, j) in enumerate(where)
+            }
+            finished, interrupted = self._run_requests(prompts, params)
+            if not interrupted:
+                break
+            self._gate.yield_to_swaps()
+        elapsed = time.perf_counter() - start
+        outs: list[list[Any]] = [[] for _ in batches]
+        for n, (b, _) in enumerate(where):
+            outs[b].append(sorted(finished[n].outputs, key=lambda c: c.index))
+        return [
+            PrefixRollout(
+                batch=batch, prefixes=chosen[b], prefix_texts=[self._tokenizer.decode(p) for p in chosen[b]],
+                completions=[[c.text for c in comps] for comps in outs[b]],
+                completion_tokens=sum(len(c.token_ids) for comps in outs[b] for c in comps),
+                policy_version=version, generator_id=self.generator_id, gen_s=elapsed,
+            )
+            for b, batch in enumerate(batches)
+        ]
 
     def _to_group(self, item: PromptItem, out: Any, version: int) -> RolloutGroup:
         comps = sorted(out.outputs, key=lambda c: c.index)

@@ -106,10 +106,51 @@ class PreferencePair:
     rejected: str
     policy_version: int
     iteration: int = 0
-    # False when `rejected` was cut short on purpose (step-focused pairs): no EOS is appended to it.
+    # False for a side that stops before the solution ends (pDPO prefix pairs): no EOS is appended to
+    # it when the pair is re-tokenised (sampled ids never carry one there).
+    chosen_complete: bool = True
     rejected_complete: bool = True
     # None when the pair has no sampled ids (a pairs file, text edited after sampling): re-tokenised.
     sampled: SampledIds | None = None
+
+
+@dataclass(slots=True)
+class PrefixBatch:
+    """Step-level pDPO: one labelled group's solutions, whose line-step prefixes a generator samples
+    `completions_per_prefix` continuations from (prompt + prefix, no EOS) so each prefix can be
+    valued against the group's label."""
+
+    item: PromptItem
+    label: str
+    prompt_token_ids: list[int]
+    solutions: list[list[int]]  # the group's sampled token ids
+    prefixes_per_problem: int
+    completions_per_prefix: int
+    source_version: int  # the policy version that sampled the solutions (and so the prefixes)
+
+
+@dataclass(slots=True)
+class PrefixRollout:
+    """The prefixes a generator chose from a batch, and what it sampled from each
+    (`completions[j]` continue `prefixes[j]`)."""
+
+    batch: PrefixBatch
+    prefixes: list[list[int]]
+    prefix_texts: list[str]
+    completions: list[list[str]]
+    completion_tokens: int
+    policy_version: int  # the weights that sampled the completions (only the values depend on them)
+    generator_id: int = 0
+    gen_s: float = 0.0
+
+
+@dataclass(slots=True)
+class PrefixValues:
+    """How many completions of each prefix reached the label: >= 1 is a good prefix, 0 a bad one."""
+
+    prompt_id: str
+    values: list[int]
+    label_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -133,7 +174,8 @@ class WeightsMeta:
 
 _TYPES: dict[str, type] = {
     t.__name__: t
-    for t in (Problem, PromptItem, RolloutGroup, LabelledGroup, SampledIds, PreferencePair, TensorMeta, WeightsMeta)
+    for t in (Problem, PromptItem, RolloutGroup, LabelledGroup, SampledIds, PreferencePair, PrefixBatch, PrefixRollout,
+              PrefixValues, TensorMeta, WeightsMeta)
 }
 
 
