@@ -73,9 +73,9 @@ def _retokenize(tokenizer, pair: PreferencePair) -> tuple[list[int], list[int], 
     """Token ids of a pair that carries no sampled ids (a pairs file, or text edited after sampling)."""
     prompt = prompt_ids(tokenizer, pair.prompt)
     eos = [tokenizer.eos_token_id]
-    chosen = list(tokenizer(pair.chosen, add_special_tokens=False)["input_ids"]) + eos
-    rejected = list(tokenizer(pair.rejected, add_special_tokens=False)["input_ids"])
-    rejected += eos if pair.rejected_complete else []  # a cut-short rejection did not end there
+    # A side that stops mid-solution (a pDPO prefix) did not end there: no EOS after it.
+    chosen = list(tokenizer(pair.chosen, add_special_tokens=False)["input_ids"]) + (eos if pair.chosen_complete else [])
+    rejected = list(tokenizer(pair.rejected, add_special_tokens=False)["input_ids"]) + (eos if pair.rejected_complete else [])
     return prompt, chosen, rejected
 
 

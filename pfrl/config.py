@@ -207,6 +207,7 @@ _RENAMED_KEYS = {
     "mode": "labeller.source (auto | self_consistency | reference | ground_truth)",
     "chosen_min_score": "labeller.min_pass_ratio.<source>",
     "min_success_frac": "labeller.min_successful_programs (a count of programs)",
+    "pair_focus": "labeller.step_pairs (the paper's step-level pDPO: prefix pairs valued by sampled completions)",
 }
 
 
@@ -233,6 +234,10 @@ class ScheduleEntry(Section):
 
     source: Source = Field(description="Where labels come from in this iteration (see labeller.source).")
     pair_strategy: PairStrategy = Field(description="How pairs are drawn in this iteration (see labeller.pair_strategy).")
+    step_pair_ratio: float | None = Field(
+        None, ge=0, description="Prefix pairs per whole-solution pair in this iteration (see labeller.step_pairs.ratio; "
+        "unset: that value)."
+    )
 
 
 class LabelPlan(BaseModel):
@@ -241,6 +246,23 @@ class LabelPlan(BaseModel):
     model_config = ConfigDict(frozen=True)
     source: Source
     pair_strategy: PairStrategy
+    step_pair_ratio: float = 0.0
+
+
+class StepPairsSection(Section):
+    """Step-level pDPO (the paper's process variant, math): solutions are cut into line steps, `k`
+    completions are sampled from each prefix through the generators, a prefix's value is how many of
+    them reach the group's label; each good prefix (value >= 1) is paired with a random bad one
+    (value 0) of the same problem, as prompt + prefix with no end-of-sequence token."""
+
+    ratio: float = Field(
+        0.0, ge=0, description="Prefix pairs per whole-solution pair of a group (the paper: 1.0 in later rounds); "
+        "0: outcome DPO only, no prefix requests."
+    )
+    completions_per_prefix: int = Field(3, ge=1, description="Completions sampled from each prefix (the paper: 3).")
+    prefixes_per_problem: int = Field(
+        8, ge=2, description="Prefixes valued per problem: a seeded sample of the line-step prefixes of its solutions."
+    )
 
 
 class LabellerSection(Section):
@@ -272,11 +294,7 @@ class LabellerSection(Section):
     max_pairs_per_prompt: int | None = Field(
         4, ge=1, description="Cap on pairs from one prompt (a seeded sample); null: no cap (the paper's margin pairs)."
     )
-    pair_focus: Literal["whole", "first_error"] = Field(
-        "whole", description="whole: pairs of full solutions (the paper's outcome DPO); first_error: shared "
-        "steps move into the prompt and the rejected side stops after its first differing step "
-        "(step-level credit, see pfrl/feedback/steps.py)."
-    )
+    step_pairs: StepPairsSection = Field(default_factory=StepPairsSection)
     scorer: str | None = Field(
         None, description="Your own verifier as package.module:function, used instead of the built-in one. Math: "
         "(completion, label) -> bool | float; code: (jobs: list[SandboxJob]) -> list[list[TestResult]]. It must be "
@@ -320,8 +338,9 @@ class LabellerSection(Section):
         """The source and pair rule of `iteration` (0-based)."""
         if self.schedule:
             entry = self.schedule[min(iteration, len(self.schedule) - 1)]
-            return LabelPlan(source=entry.source, pair_strategy=entry.pair_strategy)
-        return LabelPlan(source=self.source, pair_strategy=self.pair_strategy)
+            ratio = self.step_pairs.ratio if entry.step_pair_ratio is None else entry.step_pair_ratio
+            return LabelPlan(source=entry.source, pair_strategy=entry.pair_strategy, step_pair_ratio=ratio)
+        return LabelPlan(source=self.source, pair_strategy=self.pair_strategy, step_pair_ratio=self.step_pairs.ratio)
 
     def plans(self) -> list[LabelPlan]:
         """Every distinct plan a run can use (for whole-config checks)."""
@@ -417,6 +436,11 @@ class SyncSection(Section):
     timeout_s: float = Field(
         120.0, gt=0, description="Bound on each wait of a weight sync (group rendezvous, a bucket, the handshake)."
     )
+    staged: bool = Field(
+        True, description="zmq: each generator receives the weights into memory while its engine keeps sampling, "
+        "answers the learner, and swaps them in before its next engine call (one extra model copy in host memory); "
+        "false: the weights are received inside the swap, after the engine call in flight."
+    )
 
 
 class CheckpointSection(Section):
@@ -497,6 +521,9 @@ class PfrlConfig(Section):
             raise ValueError("labeller.pair_strategy=margin applies to run.task=code only")
         if self.run.task == "code" and self.labeller.min_successful_programs > self.generator.n_samples:
             raise ValueError("labeller.min_successful_programs is above generator.n_samples: no test input could be kept")
+        if self.run.task == "code" and any(p.step_pair_ratio > 0 for p in self.labeller.plans()):
+            # A code prefix's value would need its continuations run against the test cases: not built.
+            raise ValueError("labeller.step_pairs (step-level pDPO) applies to run.task=math only")
         return self
 
     def to_yaml(self) -> str:

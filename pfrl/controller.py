@@ -29,8 +29,17 @@ from pfrl.feedback import isolation
 from pfrl.generator_pool import GeneratorPool
 from pfrl.learner_thread import LearnerThread, StepResult
 from pfrl.preflight import RunInputs
-from pfrl.rollouts import GeneratorLost, Labelled, LabellerLost, OlderWeights, RolloutRequests
+from pfrl.rollouts import (
+    GeneratorLost,
+    Held,
+    Labelled,
+    LabellerLost,
+    OlderWeights,
+    PrefixesValued,
+    RolloutRequests,
+)
 from pfrl.run_state import RunState, write_run_state
+from pfrl.types import RolloutGroup
 
 __all__ = ["Controller", "RunFailed"]
 
@@ -122,6 +131,8 @@ class Controller:
         for event in self.rollouts.poll(_POLL_S):
             if isinstance(event, Labelled):
                 self._on_labelled(event)
+            elif isinstance(event, PrefixesValued):
+                self._on_prefixes_valued(event)
             elif isinstance(event, GeneratorLost):
                 self._on_generator_lost(event)
             elif isinstance(event, OlderWeights):
@@ -132,11 +143,50 @@ class Controller:
                 console.print(f"[yellow]labeller {event.labeller} died; its groups are labelled again")
 
     def _on_labelled(self, event: Labelled) -> None:
+        """Each current group's pairs go to the buffer, or wait for its prefix values (pDPO)."""
         from pfrl.feedback.pairs import build_pairs
+        from pfrl.feedback.steps import wants_prefixes
 
+        held: list[Held] = []
         for group, result in zip(event.groups, event.results, strict=True):
-            if self.state.scheduler.is_current(group.item):
-                self.state.account(group, result, build_pairs(group, result, self.cfg.labeller))
+            if not self.state.scheduler.is_current(group.item):
+                continue
+            pairs = build_pairs(group, result, self.cfg.labeller)
+            if wants_prefixes(group, result, len(pairs), self._step_pair_ratio(group)):
+                held.append(Held(group, result, pairs))
+            else:
+                self.state.account(group, result, pairs)
+        if held:
+            self._issue_prefixes(held)
+
+    def _step_pair_ratio(self, group: RolloutGroup) -> float:
+        return self.cfg.labeller.plan(group.item.iteration).step_pair_ratio
+
+    def _issue_prefixes(self, held: list[Held]) -> None:
+        """To the least busy ready generator; with none ready (all restarting), the groups keep
+        their whole-solution pairs only."""
+        from pfrl.feedback.steps import prefix_batch
+
+        ready = self.pool.ready()
+        if not ready:
+            for h in held:
+                self.state.account(h.group, h.result, h.pairs)
+            return
+        g = min(ready, key=self.rollouts.sampling)
+        batches = [prefix_batch(h.group, h.result, self.cfg.labeller.step_pairs) for h in held]
+        self.rollouts.issue_prefixes(g, held, batches, self.pool.states[g].version)
+
+    def _on_prefixes_valued(self, event: PrefixesValued) -> None:
+        from pfrl.feedback.pairs import pair_rng
+        from pfrl.feedback.steps import max_prefix_pairs, prefix_pairs
+
+        for h, rollout, values in zip(event.held, event.rollouts, event.values, strict=True):
+            if not self.state.scheduler.is_current(h.group.item):
+                continue
+            cap = max_prefix_pairs(self._step_pair_ratio(h.group), len(h.pairs))
+            extra = prefix_pairs(rollout, values, cap, pair_rng(self.cfg.run.seed, h.result.prompt_id))
+            self.state.meters.on_prefixes(rollout, values, len(extra))
+            self.state.account(h.group, h.result, h.pairs + extra)
 
     # -- generator faults ------------------------------------------------------------------
     def _on_generator_lost(self, event: GeneratorLost) -> None:

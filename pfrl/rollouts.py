@@ -1,5 +1,9 @@
 """Rollout requests in flight: prompts out to a generator, then its groups out to a labeller.
 
+A second kind carries step-level pDPO work: labelled groups whose pairs wait (`Held`) while a
+generator samples continuations of their solution prefixes and a labeller values them. It is
+versioned, re-issued and re-labelled exactly like the first kind.
+
 Generation and labelling are request/response calls on actors, chained by object refs (a
 generator's output goes to a labeller without passing through the controller). Knowing which
 prompts each request holds makes faults exact: a dead generator's prompts are handed back to be
@@ -13,12 +17,32 @@ from dataclasses import dataclass
 from typing import Any
 
 from pfrl.errors import RunFailed
-from pfrl.types import LabelledGroup, PromptItem, RolloutGroup, decode, encode
+from pfrl.types import (
+    LabelledGroup,
+    PreferencePair,
+    PrefixBatch,
+    PrefixRollout,
+    PrefixValues,
+    PromptItem,
+    RolloutGroup,
+    decode,
+    encode,
+)
+
+
+@dataclass
+class Held:
+    """A labelled group whose whole-solution pairs wait for its prefix values (step-level pDPO)."""
+
+    group: RolloutGroup
+    result: LabelledGroup
+    pairs: list[PreferencePair]
 
 
 @dataclass
 class Request:
-    """A generation request and, once sampled, its labelling request."""
+    """A generation request and, once sampled, its labelling request. `held` is None for rollouts,
+    and names the waiting groups of a prefix request."""
 
     generator: int
     items: list[PromptItem]
@@ -26,6 +50,7 @@ class Request:
     issued_version: int = 0  # the generator's weights when the request went out
     label_ref: Any = None
     labeller: int | None = None
+    held: list[Held] | None = None
 
     @property
     def pending_ref(self) -> Any:
@@ -39,6 +64,16 @@ class Labelled:
     request: Request
     groups: list[RolloutGroup]
     results: list[LabelledGroup]
+
+
+@dataclass
+class PrefixesValued:
+    """A prefix request's continuations and each prefix's value, for the groups it held."""
+
+    request: Request
+    held: list[Held]
+    rollouts: list[PrefixRollout]
+    values: list[PrefixValues]
 
 
 @dataclass
@@ -62,7 +97,7 @@ class LabellerLost:
     labeller: int
 
 
-Event = Labelled | GeneratorLost | OlderWeights | LabellerLost
+Event = Labelled | PrefixesValued | GeneratorLost | OlderWeights | LabellerLost
 
 
 class RolloutRequests:
@@ -81,6 +116,10 @@ class RolloutRequests:
 
     def issue(self, g: int, items: list[PromptItem], version: int) -> None:
         self.requests.append(Request(g, items, self.generators[g].generate.remote(encode(items)), version))
+
+    def issue_prefixes(self, g: int, held: list[Held], batches: list[PrefixBatch], version: int) -> None:
+        ref = self.generators[g].complete_prefixes.remote(encode(batches))
+        self.requests.append(Request(g, [h.group.item for h in held], ref, version, held=held))
 
     def drop_generator(self, g: int) -> list[str]:
         """Forget generator g's unanswered requests; returns their prompt ids."""
@@ -118,15 +157,17 @@ class RolloutRequests:
             raise RunFailed(f"generator {req.generator} failed: {e.cause!r}") from None
         req.labeller = self._next_labeller
         self._next_labeller = (self._next_labeller + 1) % len(self.labellers)
-        req.label_ref = self.labellers[req.labeller].label.remote(req.gen_ref)
+        labeller = self.labellers[req.labeller]
+        method = labeller.label if req.held is None else labeller.value_prefixes
+        req.label_ref = method.remote(req.gen_ref)
 
     def _on_labelled(self, req: Request, events: list[Event]) -> None:
         import ray
 
         self.requests.remove(req)
         try:
-            groups: list[RolloutGroup] = decode(ray.get(req.gen_ref))
-            results: list[LabelledGroup] = decode(ray.get(req.label_ref))
+            sampled: list[Any] = decode(ray.get(req.gen_ref))  # RolloutGroup, or PrefixRollout
+            answers: list[Any] = decode(ray.get(req.label_ref))  # LabelledGroup, or PrefixValues
         except ray.exceptions.RayActorError:
             events.append(LabellerLost(req.labeller if req.labeller is not None else -1))
             req.label_ref, req.labeller = None, None
@@ -135,6 +176,9 @@ class RolloutRequests:
             return
         except ray.exceptions.RayTaskError as e:
             raise RunFailed(f"labeller {req.labeller} failed: {e.cause!r}") from None
-        if groups and groups[0].policy_version < req.issued_version:
+        if sampled and sampled[0].policy_version < req.issued_version:
             events.append(OlderWeights(req.generator))
-        events.append(Labelled(req, groups, results))
+        if req.held is None:
+            events.append(Labelled(req, sampled, answers))
+        else:
+            events.append(PrefixesValued(req, req.held, sampled, answers))

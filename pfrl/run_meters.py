@@ -11,7 +11,7 @@ from collections import deque
 from typing import Any
 
 from pfrl.metrics import RateMeter
-from pfrl.types import LabelledGroup, RolloutGroup
+from pfrl.types import LabelledGroup, PrefixRollout, PrefixValues, RolloutGroup
 
 # learner/<k> from the engine -> dpo/<k> in the record (the DPO view of a step).
 _DPO_KEYS = {"loss": "dpo/loss", "reward_acc": "dpo/reward_acc", "margin": "dpo/margin",
@@ -35,6 +35,10 @@ class RunMeters:
         self._recent: deque[tuple[float | None, float, int]] = deque(maxlen=_LABEL_WINDOW)
         # Agreement of pseudo labels with ground truth, for groups that carry some (see LabelledGroup.agree_gt).
         self._agree_gt: deque[float] = deque(maxlen=_LABEL_WINDOW)
+        # Step-level pDPO: prefixes valued and their continuations, (good prefixes, prefixes, pairs) per group.
+        self.prefixes = RateMeter()
+        self.prefix_pairs = 0
+        self._prefix_recent: deque[tuple[int, int, int]] = deque(maxlen=_LABEL_WINDOW)
         self._sync: dict[str, Any] | None = None
         self._lags: list[int] = []
         self._step_start = self._last_step_end = time.time()
@@ -48,6 +52,22 @@ class RunMeters:
         self._recent.append((result.vote_share, mean_score, len(result.pairs)))
         if result.agree_gt is not None:
             self._agree_gt.append(result.agree_gt)
+
+    def on_prefixes(self, rollout: PrefixRollout, values: PrefixValues, pairs: int) -> None:
+        self.gen_tokens.add(rollout.completion_tokens)
+        self.prefixes.add(len(rollout.prefixes))
+        self.prefix_pairs += pairs
+        self._prefix_recent.append((sum(v >= 1 for v in values.values), len(values.values), pairs))
+
+    def _prefix_stats(self) -> dict[str, float]:
+        """pdpo/*: absent unless the run values prefixes."""
+        rows = list(self._prefix_recent)
+        if not rows:
+            return {}
+        prefixes = sum(n for _, n, _ in rows)
+        return {"pdpo/prefixes_per_s": self.prefixes.rate(), "pdpo/pairs": self.prefix_pairs,
+                "pdpo/good_frac": sum(g for g, _, _ in rows) / max(1, prefixes),
+                "pdpo/pair_yield": sum(p > 0 for _, _, p in rows) / len(rows)}
 
     def on_sync(self, stats: dict[str, Any]) -> None:
         self._sync = stats
@@ -92,6 +112,7 @@ class RunMeters:
                                   "gen/tokens_per_s": self.gen_tokens.rate(), "gen/prompts_per_s": self.gen_prompts.rate(),
                                   "label/groups_per_s": self.label_groups.rate()}
         record.update(self._label_stats())
+        record.update(self._prefix_stats())
         record.update(buffer)
         record["buffer/policy_lag"] = max(self._lags) if self._lags else 0
         record["buffer/policy_lag_mean"] = sum(self._lags) / len(self._lags) if self._lags else 0.0
@@ -115,8 +136,9 @@ class RunMeters:
                 f"| sync {r.get('sync/ms', 0):5.0f} ms | {r['progress/settled']}/{r['progress/split']} prompts")
 
     def state_dict(self) -> dict:
-        return {"labelled_groups": self.labelled_groups, "settled": self.settled}
+        return {"labelled_groups": self.labelled_groups, "settled": self.settled, "prefix_pairs": self.prefix_pairs}
 
     def load_state_dict(self, state: dict) -> None:
         self.labelled_groups = state["labelled_groups"]
         self.settled = state["settled"]
+        self.prefix_pairs = state.get("prefix_pairs", 0)

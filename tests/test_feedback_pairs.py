@@ -123,12 +123,8 @@ def test_preference_pairs_carry_texts_and_versions():
     assert all(p.prompt == "Q?" and p.policy_version == 7 and p.iteration == 2 for p in pairs)
 
 
-def test_build_pairs_applies_the_pair_settings():
+def test_build_pairs_gives_whole_solution_pairs_of_kept_groups():
     group, labelled = _group()
-    whole = build_pairs(group, labelled, LabellerSection(pair_focus="whole"))
-    focused = build_pairs(group, labelled, LabellerSection(pair_focus="first_error"))
-    assert whole == to_preference_pairs(group, labelled)
-    assert focused[0].prompt == "Q?2 + 2 = 4.\n" and focused[0].rejected == "Then 4 * 3 = 13.\n"
-    assert focused[0].rejected_complete is False
+    assert build_pairs(group, labelled, LabellerSection()) == to_preference_pairs(group, labelled)
     labelled.skipped = "low_vote_share"
     assert build_pairs(group, labelled, LabellerSection()) == []

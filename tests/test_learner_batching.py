@@ -181,14 +181,7 @@ def test_learner_trains_on_the_sampled_ids_not_a_retokenisation(bpe):
     assert batch.attention_mask[1].sum().item() == n_rej
 
 
-def test_pairs_without_sampled_ids_are_retokenised_and_step_focus_drops_them(bpe):
-    from pfrl.feedback.steps import focus_on_first_error
-    from pfrl.types import SampledIds
-
+def test_pairs_without_sampled_ids_are_retokenised(bpe):
     pair = PreferencePair("p", "Q:", " 1 + 1 = 2. So 2.", " 1 + 1 = 2. So 3. Yes.", 0)
     t = tokenize_pair(bpe, pair, max_length=256)
     assert t.chosen == bpe.encode(pair.chosen, add_special_tokens=False) + [bpe.eos_token_id]
-    # Step focusing edits the texts, so the sampled ids no longer match them: they must go.
-    with_ids = PreferencePair("p", "Q:", pair.chosen, pair.rejected, 0, sampled=SampledIds([1], [2], [3]))
-    focused = focus_on_first_error(with_ids)
-    assert focused.rejected == "So 3. " and focused.sampled is None

@@ -109,3 +109,19 @@ def test_bad_inputs_fail_fast_with_one_line(tmp_path, boot_math):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].endswith("line 2: invalid JSON (Expecting property name enclosed in double quotes) (1 bad of 2 records)")
     assert "Traceback" not in proc.stderr
+
+
+def test_step_level_pdpo_online(boot_math, tmp_path):
+    """pDPO through the real actors: prefixes of labelled groups go back to the generator for 3
+    continuations each, the labeller values them, and prefix pairs are trained beside whole ones."""
+    run_dir = tmp_path / "pdpo"
+    proc = _train(*short_run(boot_math, run_dir, "labeller.source=self_consistency", "labeller.step_pairs.ratio=1.0",
+                             "run.iterations=1", "data.prompts_per_iteration=32", "run.max_steps=4",
+                             "metrics.eval_every_steps=null"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    steps = [r for r in _records(run_dir) if "dpo/loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    last = steps[-1]
+    assert last["pdpo/pairs"] > 0 and last["pdpo/prefixes_per_s"] > 0, last
+    assert 0 < last["pdpo/good_frac"] < 1
+    assert max(r["buffer/policy_lag"] for r in steps) <= 1

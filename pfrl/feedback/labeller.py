@@ -22,7 +22,7 @@ from pfrl.feedback.answers import AnswerJudge
 from pfrl.feedback.pairs import PairRule
 from pfrl.feedback.sandbox import Sandbox
 from pfrl.feedback.scorer import load_scorer
-from pfrl.types import LabelledGroup, Problem, RolloutGroup
+from pfrl.types import LabelledGroup, PrefixRollout, PrefixValues, Problem, RolloutGroup
 
 log = logging.getLogger(__name__)
 Task = Literal["math", "code"]
@@ -108,6 +108,22 @@ class Labeller:
     def _label_code(self, groups: list[RolloutGroup]) -> list[LabelledGroup]:
         plans = [self.plan_for(g) for g in groups]
         return code_label.label_code_many(groups, plans, self._runner(), self.cfg, self.seed)
+
+    def value_prefixes(self, rollouts: list[PrefixRollout]) -> list[PrefixValues]:
+        """Step-level pDPO (math): each prefix's value from its sampled continuations. A failure is
+        logged and gives no values (so no prefix pairs); the groups keep their whole-solution pairs."""
+        if self.judge is None:
+            raise UserError("step-level pairs (labeller.step_pairs) are for math tasks")
+        start = time.perf_counter()
+        try:
+            out = [math_label.prefix_values(r, self.judge, self.scorer) for r in rollouts]
+        except Exception:
+            log.exception("valuing the prefixes of %d groups failed", len(rollouts))
+            out = [PrefixValues(prompt_id=r.batch.item.problem.id, values=[]) for r in rollouts]
+        share = (time.perf_counter() - start) / max(1, len(rollouts))
+        for values in out:
+            values.label_s = share
+        return out
 
     @staticmethod
     def _failed(group: RolloutGroup, error: Exception) -> LabelledGroup:

@@ -17,7 +17,7 @@ from pfrl.config import LabellerSection
 from pfrl.feedback.answers import AnswerJudge, clean_answer, extract_answer
 from pfrl.feedback.pairs import PairRule, no_pair_reason, pair_rng, select_pairs
 from pfrl.feedback.self_consistency import majority_answer
-from pfrl.types import LabelledGroup, Problem, RolloutGroup
+from pfrl.types import LabelledGroup, PrefixRollout, PrefixValues, Problem, RolloutGroup
 
 _MARKERS = re.compile(r"\\boxed|\\fbox|answer\s+is|####", re.IGNORECASE)
 _BARE_MAX_WORDS = 6
@@ -97,3 +97,18 @@ def label_math(group: RolloutGroup, source: str, rule: PairRule, judge: AnswerJu
     if not out.pairs:
         out.skipped = no_pair_reason(scores)
     return out
+
+
+def prefix_values(rollout: PrefixRollout, judge: AnswerJudge, check: Check | None = None) -> PrefixValues:
+    """Step-level pDPO: how many continuations of each prefix reach the group's label (the prefix and
+    its continuation read as one solution)."""
+    label = rollout.batch.label
+
+    def reaches(text: str) -> bool:
+        if check is not None:
+            return float(check(text, label)) >= 1.0 - _EPS
+        answer = extract_answer(text)
+        return answer is not None and judge.equal(label, answer)
+
+    values = [sum(reaches(prefix + c) for c in comps) for prefix, comps in zip(rollout.prefix_texts, rollout.completions, strict=True)]
+    return PrefixValues(prompt_id=rollout.batch.item.problem.id, values=values)

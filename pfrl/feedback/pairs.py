@@ -19,7 +19,6 @@ import random
 from dataclasses import dataclass
 
 from pfrl.config import LabellerSection
-from pfrl.feedback.steps import focus_on_first_error
 from pfrl.types import LabelledGroup, PreferencePair, RolloutGroup, SampledIds
 
 _EPS = 1e-9
@@ -117,11 +116,8 @@ def sampled_ids(group: RolloutGroup, chosen: int, rejected: int) -> SampledIds |
 
 
 def build_pairs(group: RolloutGroup, result: LabelledGroup, cfg: LabellerSection) -> list[PreferencePair]:
-    """The DPO examples of one labelled group under the labeller's pair settings: none for a skipped
-    group, else its index pairs as texts, reshaped by `pair_focus`."""
+    """The whole-solution DPO examples of one labelled group: none for a skipped group, else its
+    index pairs as texts with their sampled ids (step-level prefix pairs come later: feedback/steps.py)."""
     if result.skipped is not None:
         return []
-    pairs = to_preference_pairs(group, result)
-    if cfg.pair_focus == "first_error":
-        pairs = [focus_on_first_error(p) for p in pairs]
-    return pairs
+    return to_preference_pairs(group, result)

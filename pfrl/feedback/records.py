@@ -7,7 +7,8 @@ Output, one row per input group:
     {"id", "label", "vote_share"?, "pseudo_outputs"?, "agree_gt"?, "scores", "pairs": [[chosen, rejected]],
      "skipped"}
 Pairs: {"prompt", "chosen", "rejected", "id"}, the format DPO trainers read, built by `build_pairs`
-(the same pair settings as `pfrl train`; a step-focused pair adds "rejected_complete": false).
+(the same pair settings as `pfrl train`; step-level prefix pairs need generators, so only `pfrl train`
+makes them).
 """
 
 from __future__ import annotations
@@ -57,8 +58,5 @@ def labelled_row(labelled: LabelledGroup) -> dict[str, Any]:
 def pair_rows(group: RolloutGroup, labelled: LabelledGroup, cfg: LabellerSection) -> list[dict[str, Any]]:
     rows = []
     for p in build_pairs(group, labelled, cfg):
-        row: dict[str, Any] = {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "id": p.prompt_id}
-        if not p.rejected_complete:
-            row["rejected_complete"] = False
-        rows.append(row)
+        rows.append({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "id": p.prompt_id})
     return rows
