@@ -52,12 +52,13 @@ class GeneratorActor:
         return {
             "generator_id": self._engine.generator_id,
             "instance_id": self._engine.instance_id,
-            "version": self._engine.policy_version,
+            "version": self._engine.serving_version(),
             "pid": os.getpid(),
         }
 
     def policy_version(self) -> int:
-        return self._engine.policy_version
+        """The version the next engine call samples with (a staged sync counts once it answered)."""
+        return self._engine.serving_version()
 
     def prepare_sync(self, transport: str | None = None) -> dict[str, Any]:
         return self._engine.receiver_info(transport).to_dict()

@@ -14,6 +14,7 @@ Every name here starts with `pfrl_` / `_pfrl`: vLLM rejects extensions that shad
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from pfrl.transport import collective
+from pfrl.transport import collective, staging
 from pfrl.transport.buckets import Received
 from pfrl.transport.weights import ReceiverSpec
 from pfrl.transport.zmq_weights import ZmqWeightReceiver
@@ -80,6 +81,7 @@ class WeightSyncExtension:
             "device": self.model_runner.device.type,
             "rank": self.rank,
             "version": state.version,
+            "pid": os.getpid(),  # the generator hands staged weights over in memory when it is its own
         }
 
     def _pfrl_tensors(self, version: int, spec: ReceiverSpec, into: Received):
@@ -102,12 +104,27 @@ class WeightSyncExtension:
     def pfrl_receive(self, version: int, spec: dict[str, Any]) -> dict[str, Any]:
         """Receive `version` and load it in place. Never raises (an exception here would take the
         engine down): failures come back as `ok=False` with the error."""
-        state = self._pfrl()
         into = Received()
+        return self._pfrl_load(version, lambda: self._pfrl_tensors(version, ReceiverSpec.from_dict(spec), into), into)
+
+    def pfrl_load_staged(self, version: int, token: str) -> dict[str, Any]:
+        """Load `version` from weights the generator staged in this same process
+        (pfrl/transport/staging.py); never raises, like `pfrl_receive`."""
+        into = Received()
+
+        def tensors():
+            staged = staging.take(token)
+            into.bytes, into.buckets = staged.bytes, len(staged.buckets)
+            into.tensors = sum(len(b) for b in staged.buckets)
+            return staged.tensors()
+
+        return self._pfrl_load(version, tensors, into)
+
+    def _pfrl_load(self, version: int, tensors: Callable[[], Any], into: Received) -> dict[str, Any]:
+        state = self._pfrl()
         start = time.perf_counter()
         try:
-            tensors = self._pfrl_tensors(version, ReceiverSpec.from_dict(spec), into)
-            self.reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
+            self.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)
             refresh_tied_layers(self.model_runner.get_model())
         except Exception as e:
             self._pfrl_restore()

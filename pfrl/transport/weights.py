@@ -11,7 +11,10 @@ with the model's `load_weights`, then reports the version it serves. Transports:
   1. `gen.prepare_sync(transport)` on every generator -> `ReceiverInfo` (no engine access);
   2. the controller picks the transport, and for `collective` hosts the group's TCPStore;
   3. `learner.publish_weights(version, sender_spec)` and `gen.receive_weights(version, spec)` run
-     concurrently; each generator swaps between engine calls, never mid-request.
+     concurrently; each generator swaps between engine calls, never mid-request. With
+     `sync.staged` (ZMQ), a generator answers once the bytes are staged in its process and swaps
+     them in before its next engine call (pfrl/transport/staging.py): the sync does not wait for
+     the engine call in flight.
 Specs cross Ray as plain dicts made from the dataclasses below (`to_dict` / `from_dict`).
 """
 
@@ -63,6 +66,7 @@ class ReceiverSpec:
     timeout_s: float
     group: GroupSpec | None = None
     base_rank: int = 0
+    staged: bool = False  # zmq: the generator process stages the weights (pfrl/transport/staging.py)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -70,7 +74,7 @@ class ReceiverSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ReceiverSpec:
         group = GroupSpec(**d["group"]) if d["group"] is not None else None
-        return cls(d["transport"], d["timeout_s"], group, d["base_rank"])
+        return cls(d["transport"], d["timeout_s"], group, d["base_rank"], bool(d.get("staged", False)))
 
 
 @dataclass(slots=True)
@@ -83,6 +87,7 @@ class ReceiverInfo:
     device: str
     zmq_addrs: list[str]  # one per vLLM worker
     group_id: str | None  # the collective group its workers are in, if any
+    stage_addr: str | None = None  # the generator process's own ZMQ receiver, for staged syncs
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -179,6 +184,11 @@ class WeightSync:
         self.last_transport = transport
         bucket_bytes = int(cfg.bucket_mb * 2**20)
         if transport == "zmq":
+            if cfg.staged and all(i.stage_addr for i in infos):
+                # One stream per generator, into its process, while its engine keeps sampling.
+                staged = [i.stage_addr for i in infos if i.stage_addr]
+                recv = [ReceiverSpec("zmq", cfg.timeout_s, staged=True) for _ in infos]
+                return SenderSpec("zmq", bucket_bytes, cfg.timeout_s, staged), recv
             addrs = [a for i in infos for a in i.zmq_addrs]
             recv = [ReceiverSpec("zmq", cfg.timeout_s) for _ in infos]
             return SenderSpec("zmq", bucket_bytes, cfg.timeout_s, addrs), recv
@@ -234,6 +244,9 @@ def _run_once(
         "gbps": sent["bytes"] / latency / 1e9,
         "publish_s": sent["seconds"],
         "receive_s": [r["seconds"] for r in results],
+        # where a generator's time went: waiting at its swap gate, and (staged) the transfer alone
+        "gate_wait_s": [r.get("wait_s", 0.0) for r in results],
+        "staged": [bool(r.get("staged")) for r in results],
         "versions": served,
         "instances": [i.instance_id for i in infos],  # lets the controller notice restarts it was not told of
     }

@@ -118,6 +118,12 @@ class ZmqWeightReceiver:
     def receive(self, version: int, timeout_s: float, into: Received) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield tensors until the end marker of `version`. Leftovers of an older, aborted sync
         still queued on the socket are skipped."""
+        for bucket in self.receive_buckets(version, timeout_s, into):
+            yield from bucket
+
+    def receive_buckets(self, version: int, timeout_s: float, into: Received) -> Iterator[Named]:
+        """`receive`, one bucket at a time (its tensors are views of the bucket's frames, which
+        they keep alive: a staged bucket holds its bytes without a copy)."""
         start = time.perf_counter()
         while True:
             meta, frames = self._recv(timeout_s)
@@ -132,8 +138,7 @@ class ZmqWeightReceiver:
                 into.seconds = time.perf_counter() - start
                 return
             check_order(meta, version, into.buckets)
-            for tm, frame in zip(meta.tensors, frames, strict=True):
-                yield tm.name, _frame_tensor(tm, frame)
+            yield [(tm.name, _frame_tensor(tm, frame)) for tm, frame in zip(meta.tensors, frames, strict=True)]
             into.buckets += 1
             into.tensors += len(meta.tensors)
             into.bytes += payload_bytes(meta)

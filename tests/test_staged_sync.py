@@ -1,0 +1,302 @@
+"""Staged weight sync without vLLM: weights are received while an engine call runs, the learner is
+answered then, and the swap into the model happens only between engine calls, before the next one.
+
+The engine-level tests drive `GeneratorEngine`'s sync methods over a fake LLM (its workers' answers
+are scripted), so they check the ordering and failure rules, not vLLM's reload."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import torch
+
+from pfrl.config import GeneratorSection, ModelSection, SyncSection
+from pfrl.errors import SyncError
+from pfrl.generation import GeneratorEngine, SwapGate, WeightsIncomplete
+from pfrl.transport import staging
+from pfrl.transport.buckets import split_buckets
+from pfrl.transport.staging import StagedSwaps, StagedWeights, stage_zmq
+from pfrl.transport.weights import ReceiverSpec, WeightSync
+from pfrl.transport.zmq_weights import ZmqWeightReceiver, ZmqWeightSender
+
+
+def _run(target, *args) -> threading.Thread:
+    t = threading.Thread(target=target, args=args, daemon=True)
+    t.start()
+    return t
+
+
+def _wait_until(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def _staged(version: int) -> StagedWeights:
+    return StagedWeights(version, [[("x", torch.full((2,), float(version)))]], 8, 0.0)
+
+
+# -- the gate and StagedSwaps -------------------------------------------------------------------
+def test_an_announced_swap_holds_back_engine_calls_that_start_after_it():
+    gate, log = SwapGate(), []
+    in_call, release = threading.Event(), threading.Event()
+
+    def first_call():
+        with gate.engine_call():
+            in_call.set()
+            release.wait(5)
+            log.append("call 1 end")
+
+    def second_call():
+        with gate.engine_call():
+            log.append("call 2")
+
+    t1 = _run(first_call)
+    assert in_call.wait(5)
+    gate.announce_swap()  # a staged sync answered the learner: its swap must come before call 2
+    assert gate.swap_waiting()
+    t2 = _run(second_call)
+    release.set()
+    t1.join(5)
+    time.sleep(0.05)
+    assert log == ["call 1 end"]  # call 2 still waits: the announced swap has not run
+    with gate.swap(announced=True):
+        log.append("swap")
+    t2.join(5)
+    assert log == ["call 1 end", "swap", "call 2"] and not gate.swap_waiting()
+
+
+def test_a_version_staged_during_an_engine_call_is_applied_between_calls():
+    gate, log = SwapGate(), []
+    in_call, release = threading.Event(), threading.Event()
+    swaps = StagedSwaps(gate, lambda s: log.append(f"apply v{s.version}"))
+
+    def first_call():
+        with gate.engine_call():
+            in_call.set()
+            release.wait(5)
+            log.append("call 1 end")
+
+    def second_call():
+        with gate.engine_call():
+            log.append("call 2")
+
+    t1 = _run(first_call)
+    assert in_call.wait(5)
+    swaps.stage(_staged(3))  # returns at once: the caller (the learner's sync) does not wait
+    assert swaps.pending_version() == 3  # what the next engine call will serve
+    t2 = _run(second_call)
+    time.sleep(0.05)
+    assert log == []  # neither the swap nor call 2 ran inside call 1
+    release.set()
+    for t in (t1, t2):
+        t.join(5)
+    swaps.join()
+    assert log == ["call 1 end", "apply v3", "call 2"]
+    assert swaps.pending_version() is None and swaps.last_error is None
+
+
+def test_a_newer_staged_version_replaces_one_still_waiting():
+    gate, applied = SwapGate(), []
+    in_call, release = threading.Event(), threading.Event()
+    swaps = StagedSwaps(gate, lambda s: applied.append(s.version))
+
+    def call():
+        with gate.engine_call():
+            in_call.set()
+            release.wait(5)
+
+    t = _run(call)
+    assert in_call.wait(5)
+    swaps.stage(_staged(1))
+    swaps.stage(_staged(2))
+    assert swaps.pending_version() == 2
+    release.set()
+    t.join(5)
+    swaps.join()
+    assert applied == [2] and not gate.swap_waiting()
+
+
+def test_pause_mode_yields_to_a_staged_swap_inside_the_call():
+    gate, log = SwapGate(), []
+    swaps = StagedSwaps(gate, lambda s: log.append(f"apply v{s.version}"))
+    in_call = threading.Event()
+
+    def engine_call():
+        with gate.engine_call():
+            log.append("step 1")
+            in_call.set()
+            _wait_until(gate.swap_waiting)
+            gate.yield_to_swaps()  # what pause mode does at a step boundary
+            log.append("step 2")
+
+    t = _run(engine_call)
+    assert in_call.wait(5)
+    swaps.stage(_staged(4))
+    t.join(5)
+    swaps.join()
+    assert log == ["step 1", "apply v4", "step 2"]
+
+
+def test_a_failed_apply_is_kept_and_drops_the_pending_version():
+    def apply(s: StagedWeights) -> None:
+        raise SyncError("worker refused")
+
+    swaps = StagedSwaps(SwapGate(), apply)
+    swaps.stage(_staged(5))
+    swaps.join()
+    assert isinstance(swaps.last_error, SyncError) and swaps.pending_version() is None
+
+
+def test_stage_zmq_keeps_every_bucket_and_a_broken_stream_stages_nothing():
+    rx = ZmqWeightReceiver("127.0.0.1")
+    sender = ZmqWeightSender([rx.addr], 10.0)
+    tensors = [("a", torch.randn(5, 3)), ("b", torch.arange(7)), ("c", torch.randn(40))]
+    t = _run(sender.send, 2, list(split_buckets(tensors, 64)))
+    staged = stage_zmq(rx, 2, 10.0)
+    t.join(5)
+    assert staged.version == 2 and len(staged.buckets) > 1
+    got = list(staged.tensors())
+    assert [n for n, _ in got] == ["a", "b", "c"]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, tensors, strict=True))
+    assert staging.take(staging.put(staged)) is staged
+    with pytest.raises(LookupError):
+        staging.take("staged-nope")
+
+    def dies():
+        yield [("a", torch.ones(3))]
+        raise RuntimeError("learner died")
+
+    with pytest.raises(RuntimeError):
+        sender.send(3, dies())
+    with pytest.raises(SyncError):
+        stage_zmq(rx, 3, 0.5)
+    sender.close()
+    rx.close()
+
+
+def test_plan_sends_one_stream_per_generator_process_when_staged():
+    from pfrl.transport.weights import ReceiverInfo
+
+    infos = [ReceiverInfo(i, f"i{i}", "zmq", "cpu", [f"tcp://w{i}a", f"tcp://w{i}b"], None, f"tcp://s{i}")
+             for i in range(2)]
+    sender, recv = WeightSync().plan(infos, SyncSection(transport="zmq"))
+    assert sender.zmq_addrs == ["tcp://s0", "tcp://s1"] and all(r.staged for r in recv)
+    assert ReceiverSpec.from_dict(recv[0].to_dict()) == recv[0]
+    sender, recv = WeightSync().plan(infos, SyncSection(transport="zmq", staged=False))
+    assert sender.zmq_addrs == ["tcp://w0a", "tcp://w0b", "tcp://w1a", "tcp://w1b"]
+    assert not any(r.staged for r in recv)
+
+
+# -- the engine's sync methods over a fake LLM --------------------------------------------------
+class FakeLLM:
+    def __init__(self) -> None:
+        self.loaded: list[int] = []
+        self.fail_next = False
+
+    def collective_rpc(self, method: str, args: tuple = ()) -> list[dict[str, Any]]:
+        assert method == "pfrl_load_staged"
+        version, token = args
+        staged = staging.take(token)
+        if self.fail_next:
+            return [{"ok": False, "error": "RuntimeError: half loaded", "group_id": None}]
+        self.loaded.append(int(staged.buckets[0][0][1][0]))
+        return [{"ok": True, "error": None, "version": version, "bytes": staged.bytes, "group_id": None}]
+
+    def reset_prefix_cache(self) -> bool:
+        return True
+
+
+def _engine() -> GeneratorEngine:
+    import os
+
+    engine = GeneratorEngine.__new__(GeneratorEngine)
+    engine.cfg, engine.model_cfg = GeneratorSection(), ModelSection()
+    engine.sync_cfg = SyncSection(transport="zmq", timeout_s=5.0)
+    engine.seed, engine.generator_id, engine.instance_id = 0, 0, "fake"
+    engine.policy_version, engine._weights_ok, engine._group_id = 0, True, None
+    engine._gate = SwapGate()
+    engine._llm = FakeLLM()
+    engine._workers = [{"addr": "tcp://unused", "device": "cpu", "pid": os.getpid()}]
+    engine._stage_rx = None
+    engine._stage_lock = threading.Lock()
+    engine._staged = StagedSwaps(engine._gate, engine._apply_staged)
+    # An engine call that records the version it samples with and can be held open.
+    engine._generate_locked = lambda items: [engine.policy_version]  # type: ignore[method-assign]
+    return engine
+
+
+def _sync(engine: GeneratorEngine, version: int, value: float, *, break_off: bool = False) -> dict:
+    info = engine.receiver_info("zmq")
+    assert info.stage_addr is not None
+    sender = ZmqWeightSender([info.stage_addr], 5.0)
+
+    def buckets():
+        yield [("x", torch.full((2,), value))]
+        if break_off:
+            raise RuntimeError("learner died mid-publish")
+        yield [("y", torch.zeros(2))]
+
+    def send():
+        try:
+            sender.send(version, buckets())
+        except RuntimeError:
+            pass
+
+    t = _run(send)
+    try:
+        return engine.receive_weights(version, ReceiverSpec("zmq", 1.0, staged=True).to_dict())
+    finally:
+        t.join(5)
+        sender.close()
+
+
+def test_engine_answers_a_staged_sync_during_a_call_and_swaps_before_the_next():
+    engine = _engine()
+    in_call, release, seen = threading.Event(), threading.Event(), []
+
+    def long_call():
+        with engine._gate.engine_call():
+            in_call.set()
+            release.wait(5)
+            seen.append(engine.policy_version)
+
+    t = _run(long_call)
+    assert in_call.wait(5)
+    answer = _sync(engine, 1, 1.0)  # answered while the call still runs
+    assert answer["version"] == 1 and answer["staged"] and answer["bytes"] == 16
+    assert not release.is_set() and engine.serving_version() == 1 and engine.policy_version == 0
+    release.set()
+    t.join(5)
+    assert engine.generate([object()]) == [1]  # type: ignore[list-item]
+    assert seen == [0] and engine._llm.loaded == [1]
+
+
+def test_engine_keeps_its_weights_when_a_staged_transfer_breaks_off():
+    engine = _engine()
+    _sync(engine, 1, 1.0)
+    assert engine.generate([object()]) == [1]  # type: ignore[list-item]
+    with pytest.raises(SyncError):
+        _sync(engine, 2, 2.0, break_off=True)
+    # Nothing reached the model: it still serves version 1, whole, and may sample.
+    assert engine.serving_version() == 1 and not engine._gate.swap_waiting()
+    assert engine.generate([object()]) == [1]  # type: ignore[list-item]
+    assert engine._llm.loaded == [1]
+
+
+def test_engine_refuses_to_sample_after_a_staged_swap_fails_until_a_full_sync():
+    engine = _engine()
+    engine._llm.fail_next = True
+    _sync(engine, 1, 1.0)
+    engine._staged.join()
+    assert isinstance(engine._staged.last_error, SyncError)
+    with pytest.raises(WeightsIncomplete):
+        engine.generate([object()])  # type: ignore[list-item]
+    assert engine.serving_version() == 0  # not the version it was sent: the controller sees it stale
+    engine._llm.fail_next = False
+    _sync(engine, 2, 2.0)
+    assert engine.generate([object()]) == [2]  # type: ignore[list-item]
