@@ -126,12 +126,25 @@ def sft(model, tokenizer, examples, spec: BootstrapSpec, seed: int, on_step: Cal
 
     rows = _encode_examples(tokenizer, examples)
     rng = random.Random(seed)
-    # Tiny models trained from scratch drift into denormal floats, which are ~10x slower on CPU.
+    # Tiny models trained from scratch drift into denormal floats, which are ~10x slower on CPU. The
+    # flag is process-wide (it would break IEEE floats for everything after, e.g. hypothesis), so
+    # it is switched off again after training.
     torch.set_flush_denormal(True)
+    try:
+        _sft_steps(model, rows, spec, rng, tokenizer.pad_token_id, on_step)
+    finally:
+        torch.set_flush_denormal(False)
+    model.eval()
+
+
+def _sft_steps(model, rows, spec: BootstrapSpec, rng: random.Random, pad_id: int,
+               on_step: Callable[[int, float], None]) -> None:
+    import torch
+
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.01)
     model.train()
     for step in range(spec.steps):
-        ids, mask, loss_mask = _batch(rows, rng.sample(range(len(rows)), spec.batch), tokenizer.pad_token_id)
+        ids, mask, loss_mask = _batch(rows, rng.sample(range(len(rows)), spec.batch), pad_id)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
         loss = (nll * loss_mask[:, 1:]).sum() / loss_mask[:, 1:].sum()
@@ -142,7 +155,6 @@ def sft(model, tokenizer, examples, spec: BootstrapSpec, seed: int, on_step: Cal
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         on_step(step, loss.item())
-    model.eval()
 
 
 def bootstrap(task: str, out_dir: str | Path, seed: int = 0, spec: BootstrapSpec | None = None, progress=None) -> Path:

@@ -130,3 +130,24 @@ def test_eval_settings_come_from_the_config_and_flags_override_them(tmp_path):
         "h.jsonl", "code", 64, 4)
     with pytest.raises(ConfigError, match="--max-length: Input should be greater than or equal to 16"):
         eval_cmd.build_config(parser.parse_args(["--max-length", "8"]))
+
+
+def test_sft_leaves_ieee_floats_on(monkeypatch):
+    """Flush-to-zero is process-wide: left on, it broke hypothesis' float strategies in any test that
+    ran after a bootstrap in the same process."""
+    import torch
+
+    import pfrl.bootstrap as boot
+
+    monkeypatch.setattr(boot, "_encode_examples", lambda tokenizer, examples: [])
+    monkeypatch.setattr(boot, "_sft_steps", lambda *args: torch.tensor([1e-40]).mul(1.0).item())
+
+    class Model:
+        def eval(self) -> None:
+            pass
+
+    class Tokenizer:
+        pad_token_id = 0
+
+    boot.sft(Model(), Tokenizer(), [], boot.BootstrapSpec.small(), 0, lambda step, loss: None)
+    assert torch.tensor([1e-40]).mul(1.0).item() != 0.0
