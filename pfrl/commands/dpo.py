@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from pfrl.commands import add_config_args
+
 if TYPE_CHECKING:
     from pfrl.config import LearnerSection
 
@@ -29,17 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--pairs", required=True, help='JSONL rows {"prompt", "chosen", "rejected"} (pfrl label --pairs-out).'
     )
     p.add_argument("--out", required=True, help="Where the trained Hugging Face model directory is written.")
-    p.add_argument(
-        "--config", default=None, help="YAML config file (the learner, model, data and run sections apply)."
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="Override one config value (repeatable), e.g. --set learner.beta=0.5.",
-    )
+    add_config_args(p, "YAML config file (the learner, model, data and run sections apply).")
     p.add_argument("--metrics-out", default=None, help="Also write each step's metrics here as JSON lines.")
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")
 

@@ -11,6 +11,8 @@ import argparse
 import json
 from typing import Any
 
+from pfrl.commands import add_config_args
+
 # flag -> (config section, key): each flag is a shorthand for one config setting.
 FLAG_KEYS: dict[str, tuple[str, str]] = {
     "model": ("model", "path"),
@@ -28,8 +30,7 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="A pfrl config (model, data.heldout_file, budgets, template).")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a config key.")
+    add_config_args(p, "A pfrl config (model, data.heldout_file, budgets, template).")
     p.add_argument("--model", help="Hugging Face model directory (model.path).")
     p.add_argument("--data", help="Problems with ground truth: .jsonl, .parquet or hf:NAME[:CONFIG]:SPLIT "
                    "(data.heldout_file).")
@@ -53,7 +54,7 @@ def build_config(args: argparse.Namespace) -> Any:
 
     from pfrl.config import ConfigError, load_config
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.overrides)
     for flag, (section, key) in FLAG_KEYS.items():
         value = getattr(args, flag)
         if value is not None:

@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from pfrl.commands import add_config_args
+
 IN_FLIGHT_PER_GENERATOR = 2  # one batch sampling, one queued, so no generator idles between calls
 
 
@@ -23,10 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="Output JSONL (the `pfrl label --rollouts` input).")
     p.add_argument("--n", type=int, help="Completions per prompt (default: generator.n_samples).")
     p.add_argument("--generators", type=int, help="Generator actors (default: generator.num_generators).")
-    p.add_argument("--config", help="YAML config file.")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="Config override (repeatable)."
-    )
+    add_config_args(p)
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")
 
 
@@ -41,7 +40,7 @@ class Tally:
 def _config(args: argparse.Namespace):
     from pfrl.config import load_config
 
-    overrides = list(args.set)
+    overrides = list(args.overrides)
     if args.n is not None:
         overrides.append(f"generator.n_samples={args.n}")
     if args.generators is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from pfrl.commands import add_config_args
 from pfrl.errors import UserError
 
 if TYPE_CHECKING:
@@ -48,10 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, help="Override labeller.sandbox.workers (programs run at once)."
     )
-    parser.add_argument("--config", help="YAML config file.")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="Config override (repeatable)."
-    )
+    add_config_args(parser)
     parser.add_argument("--strict", action="store_true", help="A malformed input line is fatal (exit 2).")
     parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
 
@@ -105,7 +103,7 @@ class Summary:
 def _config(args: argparse.Namespace):
     from pfrl.config import load_config
 
-    overrides = list(args.set)
+    overrides = list(args.overrides)
     if args.task:
         overrides.insert(0, f"run.task={args.task}")
     if args.source:

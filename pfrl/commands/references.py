@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pfrl.commands import add_config_args
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="Input JSONL problems (the problem schema).")
@@ -20,10 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--task", choices=["math", "code"], help="Task family (default: run.task of the config)."
     )
-    parser.add_argument("--config", help="YAML config file (its labeller.frontier section is used).")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="Config override (repeatable)."
-    )
+    add_config_args(parser, "YAML config file (its labeller.frontier section is used).")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from pfrl.feedback.sandbox import Sandbox
     from pfrl.tasks.io import problem_to_dict, read_problems, write_jsonl
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.overrides)
     task = args.task or cfg.run.task
     source = read_problems(args.data, cfg.data.max_bad_records)
     client = frontier.FrontierClient(cfg.labeller.frontier)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pfrl.commands import add_config_args
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="YAML run config (configs/tiny-math.yaml is the CPU demo).")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="Override one config value (repeatable), e.g. --set learner.lr=1e-5.")
+    add_config_args(p, "YAML run config (configs/tiny-math.yaml is the CPU demo).")
     p.add_argument("--dry-run", action="store_true", help="Print the resolved config and exit.")
     p.add_argument("--resume", action="store_true", help="Continue the run in run.dir from its LATEST checkpoint.")
     p.add_argument("--ray-address", default=None, help="Join an existing Ray cluster (auto | HOST:PORT).")
