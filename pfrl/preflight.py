@@ -59,7 +59,8 @@ def _too_long(problems: list[Problem], model_path: str, room: int, max_length: i
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path)
-    lengths = tok([p.prompt for p in problems], add_special_tokens=False)["input_ids"]
+    # Counted as every consumer encodes a prompt (pfrl.prompting.prompt_ids): with the BOS, if any.
+    lengths = tok([p.prompt for p in problems], add_special_tokens=True)["input_ids"]
     return {p.id for p, ids in zip(problems, lengths, strict=True) if len(ids) + room > max_length}
 
 

@@ -110,3 +110,12 @@ def test_generator_eval_and_learner_see_identical_prompt_ids(model_dir, tokenize
     text_only = PreferencePair("p0", pair.prompt, pair.chosen, pair.rejected, 0)
     assert tokenize_pair(tokenizer, text_only, 256).prompt == expected  # re-tokenised: the same
     assert len(texts) == 1 and len(texts[0]) == 1
+
+
+def test_preflight_counts_the_bos_a_prompt_is_encoded_with(model_dir, tokenizer):
+    """A prompt that leaves exactly `room` tokens without its BOS leaves room - 1 with it: too long."""
+    from pfrl.preflight import _too_long
+
+    n = len(prompt_ids(tokenizer, PROBLEM.prompt))  # BOS included, as the generator encodes it
+    assert _too_long([PROBLEM], model_dir, room=16, max_length=n + 16) == set()
+    assert _too_long([PROBLEM], model_dir, room=16, max_length=n + 15) == {"p0"}
