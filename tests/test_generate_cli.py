@@ -88,6 +88,12 @@ def test_bad_prompts_file_and_bad_n_are_user_errors(tiny_math_model, tmp_path, p
 
 @pytest.mark.slow
 def test_generate_end_to_end_writes_label_input_rows(tiny_math_model, tmp_path, problems_file):
+    """From parquet, rendered with the shipped chat template, as training reads and renders problems."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = tmp_path / "problems.parquet"
+    pq.write_table(pa.Table.from_pylist([json.loads(line) for line in problems_file.read_text().splitlines()]), parquet)
     out = tmp_path / "rollouts.jsonl"
     cmd = [
         sys.executable,
@@ -97,7 +103,7 @@ def test_generate_end_to_end_writes_label_input_rows(tiny_math_model, tmp_path, 
         "--model",
         tiny_math_model,
         "--prompts",
-        str(problems_file),
+        str(parquet),
         "--n",
         "3",
         "--out",
@@ -113,6 +119,8 @@ def test_generate_end_to_end_writes_label_input_rows(tiny_math_model, tmp_path, 
         "cluster.num_cpus=2",
         "--set",
         "cluster.generator_cpus=0.5",
+        "--set",
+        "model.chat_template=configs/prompts/chat_template.jinja",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -120,7 +128,9 @@ def test_generate_end_to_end_writes_label_input_rows(tiny_math_model, tmp_path, 
     want = [problem_to_dict(p) for p, _ in generate(5, seed=1)]
     assert [r["id"] for r in rows] == [w["id"] for w in want]
     for row, problem in zip(rows, want, strict=True):
-        assert {k: v for k, v in row.items() if k != "completions"} == problem
+        assert row["prompt"] == f"### User\n{problem['prompt']}\n### Assistant\n"  # what the model read
+        assert {k: v for k, v in row.items() if k not in ("completions", "prompt")} == {
+            k: v for k, v in problem.items() if k != "prompt"}
         assert len(row["completions"]) == 3 and all(isinstance(c, str) for c in row["completions"])
     last = done.stdout.strip().splitlines()[-1]
     assert "5 prompts, 15 completions" in last and "prompts/s" in last and "generated tokens/s" in last

@@ -1,6 +1,9 @@
 """`pfrl generate`: sample N completions per prompt with G vLLM generator actors (local Ray).
 
-Writes one row per problem in the `pfrl label` input schema: `id`, `prompt`, `completions`, plus
+Problems come from the same loaders as training (JSONL, parquet, `hf:NAME[:CONFIG]:SPLIT`, renamed by
+`data.fields`) and are rendered with `model.chat_template` / `model.system_prompt` as in training.
+Writes one row per problem in the `pfrl label` input schema: `id`, `prompt` (as the model read it,
+so the pairs `pfrl label` writes train `pfrl dpo` on the same text), `completions`, plus
 whatever reference fields the problem file had (answer, reference, entry_point, test_inputs,
 test_outputs). Rows keep the problem file's order. Prompts too long for `model.max_length` get no
 completions; they are counted and left out (a label input row needs at least one completion).
@@ -21,7 +24,8 @@ IN_FLIGHT_PER_GENERATOR = 2  # one batch sampling, one queued, so no generator i
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="Hugging Face model directory.")
-    p.add_argument("--prompts", required=True, help="JSONL problems (id, prompt, references/tests).")
+    p.add_argument("--prompts", required=True, help="Problems (id, prompt, references/tests): .jsonl, .parquet or "
+                   "hf:NAME[:CONFIG]:SPLIT, fields renamed by data.fields.")
     p.add_argument("--out", required=True, help="Output JSONL (the `pfrl label --rollouts` input).")
     p.add_argument("--n", type=int, help="Completions per prompt (default: generator.n_samples).")
     p.add_argument("--generators", type=int, help="Generator actors (default: generator.num_generators).")
@@ -128,11 +132,14 @@ def _run_sampling(cfg: Any, model: str, problems: list, show_progress: bool) -> 
 
 def run(args: argparse.Namespace) -> int:
     from pfrl.model_dir import check_model_dir
-    from pfrl.tasks.io import read_problems, write_jsonl
+    from pfrl.prompting import render_problems
+    from pfrl.tasks.io import write_jsonl
+    from pfrl.tasks.loaders import load_problems
 
     cfg = _config(args)
     check_model_dir(args.model, cfg.model.max_length)
-    problems = read_problems(args.prompts, cfg.data.max_bad_records).problems
+    loaded = load_problems(args.prompts, cfg.data.fields, cfg.data.max_bad_records)
+    problems = render_problems(loaded.problems, cfg.model, args.model)
     import ray
 
     from pfrl.fleet import start_ray
