@@ -130,6 +130,7 @@ class RunMeters:
         label = f"vote {r['label/vote_share']:.2f}" if "label/vote_share" in r else f"pass {r.get('label/pass_rate', 0):.2f}"
         return (f"step {r['step']:4d} it {r['iteration']} v{r['policy_version']} | gen {r['gen/tokens_per_s']:7.0f} tok/s "
                 f"{r['gen/prompts_per_s']:5.1f} prompts/s | {label} yield {r.get('label/pair_yield', 0):.2f} | "
+                + (f"pdpo {r['pdpo/pairs']} pairs good {r['pdpo/good_frac']:.2f} | " if "pdpo/pairs" in r else "") +
                 f"buf {r['buffer/size']:3d} lag {r['buffer/policy_lag']} stale {r['buffer/dropped_stale']} | "
                 f"loss {r.get('dpo/loss', float('nan')):.3f} acc {r.get('dpo/reward_acc', float('nan')):.2f} "
                 f"| learn {r['learner/tokens_per_s']:6.0f} tok/s idle {r['learner/idle_frac']:.2f} "

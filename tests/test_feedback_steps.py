@@ -132,3 +132,17 @@ def test_learner_appends_eos_only_to_complete_sides(tiny_math_model):
                                                    rejected_complete=False), 512)
     assert full.rejected[-1] == tok.eos_token_id == full.chosen[-1]
     assert open_ended.rejected[-1] != tok.eos_token_id and open_ended.chosen[-1] != tok.eos_token_id
+
+
+def test_prefix_metrics_appear_only_when_prefixes_are_valued():
+    from pfrl.run_meters import RunMeters
+
+    meters = RunMeters("math")
+    record = meters.step_record(1, 0, 1, {}, {"buffer/size": 0, "buffer/dropped_stale": 0}, (0, 0), 10)
+    assert not any(k.startswith("pdpo/") for k in record) and "pdpo" not in RunMeters.console_line(record)
+    rollout = _rollout(["a", "b", "c", "d"], [[], [], [], []])
+    meters.on_prefixes(rollout, PrefixValues("p1", [2, 0, 1, 0]), pairs=2)
+    meters.on_prefixes(rollout, PrefixValues("p1", [0, 0, 0, 0]), pairs=0)
+    record = meters.step_record(2, 0, 2, {}, {"buffer/size": 0, "buffer/dropped_stale": 0}, (0, 0), 10)
+    assert record["pdpo/pairs"] == 2 and record["pdpo/good_frac"] == 2 / 8 and record["pdpo/pair_yield"] == 0.5
+    assert "pdpo 2 pairs" in RunMeters.console_line(record)
