@@ -65,6 +65,14 @@ def test_ratios_are_the_others_time_over_online():
     json.dumps(figures, allow_nan=False)
 
 
+def test_sync_ratios_compare_each_online_system_with_lockstep():
+    results = {"online": _figures("online", 10.0, 8.0, 1.0, sync_ms=40.0),
+               "online_unstaged": _figures("online_unstaged", 11.0, 9.0, 1.1, sync_ms=160.0),
+               "lockstep": _figures("lockstep", 15.0, 12.0, 1.6, step_s=0.5, sync_ms=20.0)}
+    figures = summarise(results, updates=8, pairs_per_update=32, start_accuracy=None)
+    assert figures["sync_online_vs_lockstep"] == 2.0 and figures["sync_online_unstaged_vs_lockstep"] == 8.0
+
+
 def test_separate_devices_overlap_the_longer_phase():
     """Lockstep 1.6 s/update = gen+label 1.0 + learn 0.5 + sync 0.1; online on its own devices takes the
     longer of gen+label (1.0) and learn+sync (0.6) per update."""

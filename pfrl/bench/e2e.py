@@ -36,7 +36,14 @@ from typing import Any
 from pfrl.bench.report import add_json_argument, write_json
 
 SYSTEMS = ("online", "lockstep", "trl")
-LAGS = {"online": 1, "lockstep": 0}
+# Each pfrl system's settings on top of the shared ones. `online_unstaged` (opt-in, --systems) is
+# online with the weights received inside the generator's swap (`sync.staged=false`): the sync
+# before staged syncs, for a before/after in one run.
+PFRL_SYSTEMS = {
+    "online": ["buffer.max_policy_lag=1"],
+    "lockstep": ["buffer.max_policy_lag=0"],
+    "online_unstaged": ["buffer.max_policy_lag=1", "sync.staged=false"],
+}
 
 
 @dataclass
@@ -63,7 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="Config override for every system, after BENCH_SETTINGS (e.g. model.path=DIR, "
                    "learner.pairs_per_step=16).")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="Comma-separated subset of online, lockstep, trl.")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="Comma-separated subset of online, lockstep, trl, "
+                   "and online_unstaged (online with sync.staged=false: the weights received inside the swap).")
     p.add_argument("--eval-prompts", type=int, default=128, help="Held-out problems scored per model (default 128).")
     p.add_argument("--out", default=None, help="Directory for the runs and logs (default: a temp dir).")
     p.add_argument("--timeout", type=float, default=3600, help="Seconds allowed per system's run.")
@@ -88,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from pfrl.preflight import resolve_model
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if unknown := set(systems) - set(SYSTEMS):
-        raise UserError(f"--systems: unknown {sorted(unknown)} ({', '.join(SYSTEMS)})")
+    if unknown := set(systems) - {*SYSTEMS, *PFRL_SYSTEMS}:
+        raise UserError(f"--systems: unknown {sorted(unknown)} ({', '.join([*SYSTEMS, 'online_unstaged'])})")
     if args.updates < 2:
         raise UserError("--updates must be at least 2 (time per update is measured between updates)")
     overrides = [*bench_settings(args.updates), *args.overrides]
@@ -138,7 +146,7 @@ def _launch(name: str, cmd: list[str], log_path: Path, timeout_s: float) -> floa
 def _run_pfrl(name: str, config: str, overrides: list[str], updates: int, root: Path, timeout_s: float) -> SystemFigures:
     run_dir = root / name
     cmd = [sys.executable, "-m", "pfrl.cli", "train", "--config", config]
-    for o in [*overrides, f"buffer.max_policy_lag={LAGS[name]}", f"run.dir={run_dir}"]:
+    for o in [*overrides, *PFRL_SYSTEMS[name], f"run.dir={run_dir}"]:
         cmd += ["--set", o]
     launch = _launch(name, cmd, root / f"{name}.log", timeout_s)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -266,6 +274,11 @@ def summarise(results: dict[str, SystemFigures], updates: int, pairs_per_update:
                 figures[f"ratio_vs_{other}_per_update"] = results[other].s_per_update / online.s_per_update
     if "lockstep" in results:
         figures["separate_devices"] = separate_devices(results["lockstep"])
+        base = results["lockstep"].sync_ms
+        for name in ("online", "online_unstaged"):  # what a sync costs the learner online (target <= 2x)
+            sync = results[name].sync_ms if name in results else None
+            if sync is not None and base:
+                figures[f"sync_{name}_vs_lockstep"] = sync / base
     return figures
 
 
@@ -286,6 +299,10 @@ def _print_table(figures: dict[str, Any]) -> None:
         if key in figures:
             print(f"{key:18s}: {figures[key]:.2f} to {figures['updates']} updates (launch included), "
                   f"{figures[key + '_train']:.2f} from the loop's start, {figures[key + '_per_update']:.2f} per update")
+    for name in ("online", "online_unstaged"):
+        if f"sync_{name}_vs_lockstep" in figures:
+            print(f"sync {name} / lockstep: {figures[f'sync_{name}_vs_lockstep']:.2f} "
+                  f"({figures['systems'][name]['sync_ms']:.0f} vs {figures['systems']['lockstep']['sync_ms']:.0f} ms, median)")
     sep = figures.get("separate_devices")
     if sep:
         print(f"separate devices  : online/lockstep {sep['ratio']:.2f} (from lockstep's phases: gen+label "
