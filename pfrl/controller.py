@@ -39,7 +39,6 @@ from pfrl.rollouts import (
     RolloutRequests,
 )
 from pfrl.run_state import RunState, write_run_state
-from pfrl.types import RolloutGroup
 
 __all__ = ["Controller", "RunFailed"]
 
@@ -152,15 +151,12 @@ class Controller:
             if not self.state.scheduler.is_current(group.item):
                 continue
             pairs = build_pairs(group, result, self.cfg.labeller)
-            if wants_prefixes(group, result, len(pairs), self._step_pair_ratio(group)):
+            if wants_prefixes(group, result, len(pairs), self.cfg.labeller.plan(group.item.iteration).step_pair_ratio):
                 held.append(Held(group, result, pairs))
             else:
                 self.state.account(group, result, pairs)
         if held:
             self._issue_prefixes(held)
-
-    def _step_pair_ratio(self, group: RolloutGroup) -> float:
-        return self.cfg.labeller.plan(group.item.iteration).step_pair_ratio
 
     def _issue_prefixes(self, held: list[Held]) -> None:
         """To the least busy ready generator; with none ready (all restarting), the groups keep
@@ -183,7 +179,7 @@ class Controller:
         for h, rollout, values in zip(event.held, event.rollouts, event.values, strict=True):
             if not self.state.scheduler.is_current(h.group.item):
                 continue
-            cap = max_prefix_pairs(self._step_pair_ratio(h.group), len(h.pairs))
+            cap = max_prefix_pairs(self.cfg.labeller.plan(h.group.item.iteration).step_pair_ratio, len(h.pairs))
             extra = prefix_pairs(rollout, values, cap, pair_rng(self.cfg.run.seed, h.result.prompt_id))
             self.state.meters.on_prefixes(rollout, values, len(extra))
             self.state.account(h.group, h.result, h.pairs + extra)
