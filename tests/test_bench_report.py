@@ -61,3 +61,23 @@ def test_sync_bench_writes_zmq_vs_copy(tmp_path):
     record = json.loads(out.read_text())
     assert record["bench"] == "sync" and 0 < record["zmq_vs_copy"]
     assert record["copy_gb_per_s"] > 0 and record["zmq_ms"] > 0 and record["receivers"] == 1
+
+
+def test_sync_bench_measures_each_bucket_size_in_one_run(tmp_path):
+    out = tmp_path / "sync.json"
+    assert main(["bench", "sync", "--size-mb", "1", "--repeats", "1", "--transports", "zmq",
+                 "--bucket-mb", "0.5,0.25", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert set(record["by_bucket_mb"]) == {"0.5", "0.25"} and record["bucket_mb"] == 0.5
+    assert record["zmq_vs_copy"] == record["by_bucket_mb"]["0.5"]["zmq_vs_copy"] > 0
+
+
+def test_generate_bench_reports_how_natural_the_lengths_were():
+    from types import SimpleNamespace
+
+    from pfrl.bench.generate import _lengths
+
+    groups = [SimpleNamespace(token_ids=[[1] * 5, [1] * 64], finish_reasons=["stop", "length"]),
+              SimpleNamespace(token_ids=[[1] * 12], finish_reasons=["stop"])]
+    assert _lengths(groups) == {"vllm_len_mean": 27.0, "vllm_len_min": 5, "vllm_len_p50": 12, "vllm_len_max": 64,
+                                "vllm_eos_frac": 2 / 3}

@@ -33,10 +33,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_json_argument(p)
 
 
-def _prompts(count: int) -> list[str]:
+def _prompts(count: int, cfg, model: str) -> list[str]:
+    """Synthetic math questions, rendered as the model reads them in training (its chat template
+    with `model.chat_template: auto`), so an instruct model answers and stops at its own EOS."""
+    from pfrl.prompting import render_problems
     from pfrl.tasks.synthetic_math import generate
 
-    return [p.prompt for p, _ in generate(count, seed=7)]
+    return [p.prompt for p in render_problems([p for p, _ in generate(count, seed=7)], cfg.model, model)]
+
+
+def _lengths(groups) -> dict[str, float]:
+    """How natural the lengths were: mean, spread and the share of completions ended by EOS."""
+    import statistics
+
+    lengths = sorted(len(ids) for g in groups for ids in g.token_ids)
+    reasons = [r for g in groups for r in g.finish_reasons]
+    return {
+        "vllm_len_mean": statistics.fmean(lengths),
+        "vllm_len_min": lengths[0],
+        "vllm_len_p50": lengths[len(lengths) // 2],
+        "vllm_len_max": lengths[-1],
+        "vllm_eos_frac": sum(r == "stop" for r in reasons) / len(reasons),
+    }
 
 
 def _random_model(out_dir: str) -> str:
@@ -46,7 +64,7 @@ def _random_model(out_dir: str) -> str:
     return str(save_random_model(out_dir, [p.prompt + s for p, s in generate(500, seed=0)], seed=0))
 
 
-def _vllm_tokens_per_s(model: str, cfg, prompts: list[str]) -> tuple[float, int, float]:
+def _vllm_tokens_per_s(model: str, cfg, prompts: list[str]) -> tuple[float, int, float, dict[str, float]]:
     from pfrl.generation import GeneratorEngine
     from pfrl.types import Problem, PromptItem
 
@@ -60,7 +78,7 @@ def _vllm_tokens_per_s(model: str, cfg, prompts: list[str]) -> tuple[float, int,
     finally:
         engine.shutdown()
     tokens = sum(g.completion_tokens for g in groups)
-    return tokens / elapsed, tokens, elapsed
+    return tokens / elapsed, tokens, elapsed, _lengths(groups)
 
 
 def _hf_generated(out, prompt_len: int, eos: int | None) -> int:
@@ -118,10 +136,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     cfg = _config(args)
-    prompts = _prompts(args.prompts)
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or _random_model(tmp)
-        vllm_tps, vllm_tok, vllm_s = _vllm_tokens_per_s(model, cfg, prompts)
+        prompts = _prompts(args.prompts, cfg, model)
+        vllm_tps, vllm_tok, vllm_s, lengths = _vllm_tokens_per_s(model, cfg, prompts)
         if not torch.cuda.is_available():
             torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # vLLM's CPU worker keeps one core free
         hf_tps, hf_tok, hf_s = _hf_tokens_per_s(model, cfg, prompts, args.hf_batch)
@@ -130,10 +148,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"  vLLM generator   : {vllm_tps:10.1f} tokens/s  ({vllm_tok} tokens in {vllm_s:.2f}s)")
     print(f"  HF generate      : {hf_tps:10.1f} tokens/s  ({hf_tok} tokens in {hf_s:.2f}s)")
     print(f"  ratio vLLM/HF    : {vllm_tps / hf_tps:10.2f}")
+    print(f"  vLLM completion lengths: mean {lengths['vllm_len_mean']:.0f}, min {lengths['vllm_len_min']}, "
+          f"median {lengths['vllm_len_p50']}, max {lengths['vllm_len_max']}; ended by EOS {lengths['vllm_eos_frac']:.0%}")
     write_json(args.json_out, "generate", {
         "model": args.model or "random tiny Llama", "prompts": len(prompts), "n": args.n,
         "max_tokens": args.max_tokens, "hf_threads": None if torch.cuda.is_available() else torch.get_num_threads(),
         "vllm_tokens_per_s": vllm_tps, "vllm_tokens": vllm_tok, "vllm_s": vllm_s,
         "hf_tokens_per_s": hf_tps, "hf_tokens": hf_tok, "hf_s": hf_s, "vllm_vs_hf": vllm_tps / hf_tps,
+        **lengths,
     })
     return 0

@@ -4,7 +4,8 @@ in-memory copy of the same bytes (the machine's limit), as a ratio.
 The payload is S MB of float32 tensors (4 MB each, like a model's matrices) sent as one policy
 version in `sync.bucket_mb` buckets. Receivers run in separate processes (as vLLM workers do) and
 copy every tensor into a preallocated destination, the same final write `load_weights` does, so
-each transport is measured from the first byte sent to the last byte in place at every receiver.
+each transport is measured from the first byte sent to the last byte in place at every receiver
+(`zmq_staged`: to the last byte held in the receiver's memory, what a staged sync waits for).
 The baseline copies the same tensors into such a destination within one process. Group setup and a
 warm-up version are untimed; the best of `--repeats` rounds is reported. Figures are printed,
 never asserted. Copies run on one thread everywhere (one stream, like one receiver's).
@@ -27,7 +28,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size-mb", type=float, default=256.0, help="Payload per sync in MB (default 256).")
     p.add_argument("--receivers", type=int, default=1, help="Receiving processes (default 1).")
     p.add_argument("--repeats", type=int, default=3, help="Timed rounds per transport; the best counts.")
-    p.add_argument("--transports", default="zmq,collective", help="Comma-separated: zmq, collective.")
+    p.add_argument(
+        "--transports",
+        default="zmq,collective",
+        help="Comma-separated: zmq, collective, zmq_staged (ZMQ into a receiver that only holds the bytes, "
+        "what a staged sync waits for: `sync.staged`; the copy into place happens later, at the swap).",
+    )
+    p.add_argument(
+        "--bucket-mb",
+        default=None,
+        help="Comma-separated bucket sizes in MB, each measured in this run (default: sync.bucket_mb); "
+        "the figures without a suffix are the first size's.",
+    )
     p.add_argument("--config", default=None, help="YAML config (its sync section applies).")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="Config override (repeatable)."
@@ -58,11 +70,17 @@ def _receiver(transport: str, spec: dict, rank: int, rounds: int, sizes: list[in
     from pfrl.transport.zmq_weights import ZmqWeightReceiver
 
     dest = [torch.empty(n) for n in sizes]
-    zmq_rx = ZmqWeightReceiver("127.0.0.1") if transport == "zmq" else None
+    zmq_rx = ZmqWeightReceiver("127.0.0.1") if transport in ("zmq", "zmq_staged") else None
     q.put(("ready", rank, zmq_rx.addr if zmq_rx else None))
     pg = collective.join(collective.GroupSpec(**spec), rank, 120.0) if transport == "collective" else None
     for version in range(rounds):
         into = Received()
+        if transport == "zmq_staged":  # what a staged sync waits for: every byte held, none in place yet
+            assert zmq_rx is not None
+            staged = list(zmq_rx.receive_buckets(version, 120.0, into))
+            q.put(("done", rank, version))
+            del staged
+            continue
         if zmq_rx is not None:
             stream = zmq_rx.receive(version, 120.0, into)
         else:
@@ -102,7 +120,7 @@ def _sender_spec(transport: str, setup: dict, bucket_bytes: int):
     from pfrl.transport.collective import GroupSpec
     from pfrl.transport.weights import SenderSpec
 
-    if transport == "zmq":
+    if transport in ("zmq", "zmq_staged"):
         return SenderSpec("zmq", bucket_bytes, 120.0, setup["addrs"])
     return SenderSpec("collective", bucket_bytes, 120.0, group=GroupSpec(**setup["spec"]))
 
@@ -154,30 +172,42 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     transports = [t.strip() for t in args.transports.split(",") if t.strip()]
-    if unknown := set(transports) - {"zmq", "collective"}:
-        raise UserError(f"--transports: unknown {sorted(unknown)} (zmq, collective)")
+    if unknown := set(transports) - {"zmq", "zmq_staged", "collective"}:
+        raise UserError(f"--transports: unknown {sorted(unknown)} (zmq, zmq_staged, collective)")
     if args.size_mb <= 0 or args.receivers < 1 or args.repeats < 1:
         raise UserError("--size-mb, --receivers and --repeats must be positive")
+    try:
+        sizes = [float(b) for b in args.bucket_mb.split(",")] if args.bucket_mb else [cfg.sync.bucket_mb]
+    except ValueError:
+        raise UserError(f"--bucket-mb: not a list of numbers: {args.bucket_mb!r}") from None
+    if any(b <= 0 for b in sizes):
+        raise UserError("--bucket-mb: sizes must be positive")
     payload = _payload(args.size_mb)
     nbytes = sum(t.numel() * 4 for _, t in payload)
-    bucket_bytes = int(cfg.sync.bucket_mb * 2**20)
     base = nbytes / _memcpy_seconds(payload, args.repeats) / 1e9
     print(
-        f"sync bench: {nbytes / 2**20:.0f} MB in {cfg.sync.bucket_mb:g} MB buckets to {args.receivers} "
-        f"receiver process(es), best of {args.repeats}"
+        f"sync bench: {nbytes / 2**20:.0f} MB in {', '.join(f'{b:g}' for b in sizes)} MB buckets to "
+        f"{args.receivers} receiver process(es), best of {args.repeats}"
     )
     print(f"  in-memory copy     : {base:8.2f} GB/s")
     figures: dict[str, Any] = {
-        "size_mb": nbytes / 2**20, "bucket_mb": cfg.sync.bucket_mb, "receivers": args.receivers,
+        "size_mb": nbytes / 2**20, "bucket_mb": sizes[0], "receivers": args.receivers,
         "repeats": args.repeats, "copy_gb_per_s": base,
     }
-    for transport in transports:
-        secs = _transport_seconds(transport, payload, args.receivers, args.repeats, bucket_bytes)
-        gbps = nbytes / secs / 1e9
-        label = "collective (gloo)" if transport == "collective" else "zmq"
-        print(
-            f"  {label:<19}: {gbps:8.2f} GB/s  ({secs * 1000:.0f} ms per sync, ratio to copy {gbps / base:.3f})"
-        )
-        figures |= {f"{transport}_gb_per_s": gbps, f"{transport}_ms": secs * 1000, f"{transport}_vs_copy": gbps / base}
+    by_bucket: dict[str, dict[str, float]] = {}
+    for size in sizes:
+        row: dict[str, float] = {}
+        for transport in transports:
+            secs = _transport_seconds(transport, payload, args.receivers, args.repeats, int(size * 2**20))
+            gbps = nbytes / secs / 1e9
+            label = {"collective": "collective (gloo)"}.get(transport, transport) + f" {size:g} MB"
+            print(
+                f"  {label:<19}: {gbps:8.2f} GB/s  ({secs * 1000:.0f} ms per sync, ratio to copy {gbps / base:.3f})"
+            )
+            row |= {f"{transport}_gb_per_s": gbps, f"{transport}_ms": secs * 1000, f"{transport}_vs_copy": gbps / base}
+        by_bucket[f"{size:g}"] = row
+    figures |= by_bucket[f"{sizes[0]:g}"]
+    if len(sizes) > 1:
+        figures["by_bucket_mb"] = by_bucket
     write_json(args.json_out, "sync", figures)
     return 0
