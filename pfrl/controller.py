@@ -186,10 +186,11 @@ class Controller:
 
     # -- generator faults ------------------------------------------------------------------
     def _on_generator_lost(self, event: GeneratorLost) -> None:
-        """Re-issue what the dead generator held; once Ray has it back, it gets the current weights."""
+        """Re-issue what a dead generator (or one whose weight swap failed) held; once Ray has it
+        back, it gets the current weights."""
         self.state.scheduler.reissue(event.prompt_ids)
-        console.print(f"[yellow]generator {event.generator} died ({type(event.error).__name__}); "
-                      f"{len(event.prompt_ids)} prompts re-issued, waiting for its restart")
+        console.print(f"[yellow]generator {event.generator} lost its requests ({type(event.error).__name__}); "
+                      f"{len(event.prompt_ids)} prompts re-issued, bringing it back to the current weights")
         self._recover_generator(event.generator)
 
     def _recover_generator(self, g: int) -> None:

@@ -100,6 +100,13 @@ class LabellerLost:
 Event = Labelled | PrefixesValued | GeneratorLost | OlderWeights | LabellerLost
 
 
+def _weights_incomplete(error: Exception) -> bool:
+    """A generator refused to sample because its last weight swap failed (pfrl.generation)."""
+    from pfrl.generation import WeightsIncomplete
+
+    return isinstance(getattr(error, "cause", None), WeightsIncomplete)
+
+
 class RolloutRequests:
     def __init__(self, generators: list[Any], labellers: list[Any]):
         self.generators = generators
@@ -154,6 +161,9 @@ class RolloutRequests:
             events.append(GeneratorLost(req.generator, self.drop_generator(req.generator), e))
             return
         except ray.exceptions.RayTaskError as e:
+            if _weights_incomplete(e):  # a staged swap failed: re-sync it, send its prompts again
+                events.append(GeneratorLost(req.generator, self.drop_generator(req.generator), e))
+                return
             raise RunFailed(f"generator {req.generator} failed: {e.cause!r}") from None
         req.labeller = self._next_labeller
         self._next_labeller = (self._next_labeller + 1) % len(self.labellers)
