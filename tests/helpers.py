@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 from pfrl.types import Problem, PromptItem, RolloutGroup
 
 
@@ -14,3 +17,18 @@ def wrong_math(solution: str, delta: int = 1) -> str:
     """A synthetic math solution with its boxed answer moved by `delta`: a wrong completion."""
     head, _, tail = solution.rpartition("\\boxed{")
     return f"{head}\\boxed{{{int(tail.split('}')[0]) + delta}}}."
+
+
+def start_thread(target, *args) -> threading.Thread:
+    """`target(*args)` on a daemon thread, started."""
+    t = threading.Thread(target=target, args=args, daemon=True)
+    t.start()
+    return t
+
+
+def wait_until(condition, timeout_s: float = 5.0) -> None:
+    """Poll `condition` until it holds; fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)

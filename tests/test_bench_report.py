@@ -81,3 +81,18 @@ def test_generate_bench_reports_how_natural_the_lengths_were():
               SimpleNamespace(token_ids=[[1] * 12], finish_reasons=["stop"])]
     assert _lengths(groups) == {"vllm_len_mean": 27.0, "vllm_len_min": 5, "vllm_len_p50": 12, "vllm_len_max": 64,
                                 "vllm_eos_frac": 2 / 3}
+
+
+def test_run_logged_returns_the_exit_code_or_kills_the_session_at_the_timeout(tmp_path):
+    import sys
+    import time
+
+    from pfrl.bench.launch import TIMED_OUT, run_logged
+
+    log = tmp_path / "run.log"
+    assert run_logged([sys.executable, "-c", "print('hi'); raise SystemExit(3)"], log, 30) == 3
+    assert log.read_text().strip() == "hi"
+    start = time.monotonic()
+    # a run that does not end is killed at the timeout (its whole session, as Ray's daemons would be)
+    assert run_logged([sys.executable, "-c", "import time; time.sleep(60)"], log, 1.0) == TIMED_OUT
+    assert time.monotonic() - start < 30

@@ -5,20 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
+from helpers import start_thread, wait_until
+
 from pfrl.generation import SwapGate, request_seed
-
-
-def _run(target, *args) -> threading.Thread:
-    t = threading.Thread(target=target, args=args, daemon=True)
-    t.start()
-    return t
-
-
-def _wait_until(condition, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
 
 
 # Threads hand over through events and the gate's own state, never through sleeps, so a loaded
@@ -31,7 +20,7 @@ def test_swap_waits_for_the_engine_call_in_flight():
         with gate.engine_call():
             log.append("call start")
             in_call.set()
-            _wait_until(gate.swap_waiting)  # the swap is queued behind this call...
+            wait_until(gate.swap_waiting)  # the swap is queued behind this call...
             time.sleep(0.05)  # ...and still has not run while the call goes on
             log.append("call end")
 
@@ -39,9 +28,9 @@ def test_swap_waits_for_the_engine_call_in_flight():
         with gate.swap():
             log.append("swap")
 
-    t1 = _run(engine_call)
+    t1 = start_thread(engine_call)
     assert in_call.wait(5)
-    t2 = _run(swap)
+    t2 = start_thread(swap)
     t1.join(5)
     t2.join(5)
     assert log == ["call start", "call end", "swap"]
@@ -64,11 +53,11 @@ def test_a_waiting_swap_goes_before_the_next_engine_call():
         with gate.engine_call():
             log.append("call")
 
-    t1 = _run(first_call)
+    t1 = start_thread(first_call)
     assert in_call.wait(5)
-    t2 = _run(swap)
-    _wait_until(gate.swap_waiting)
-    t3 = _run(second_call)
+    t2 = start_thread(swap)
+    wait_until(gate.swap_waiting)
+    t3 = start_thread(second_call)
     time.sleep(0.05)  # give the second call time to queue (if it has not, the order holds anyway)
     assert log == []
     release.set()
@@ -85,7 +74,7 @@ def test_yield_to_swaps_lets_the_swap_run_inside_an_engine_call():
         with gate.engine_call():
             log.append("step 1")
             in_call.set()
-            _wait_until(gate.swap_waiting)
+            wait_until(gate.swap_waiting)
             gate.yield_to_swaps()  # what pause mode does at a step boundary
             log.append("step 2")
 
@@ -93,9 +82,9 @@ def test_yield_to_swaps_lets_the_swap_run_inside_an_engine_call():
         with gate.swap():
             log.append("swap")
 
-    t1 = _run(engine_call)
+    t1 = start_thread(engine_call)
     assert in_call.wait(5)
-    t2 = _run(swap)
+    t2 = start_thread(swap)
     t1.join(5)
     t2.join(5)
     assert log == ["step 1", "swap", "step 2"]

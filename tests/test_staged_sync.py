@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import start_thread, wait_until
 
 from pfrl.config import GeneratorSection, ModelSection, SyncSection
 from pfrl.errors import SyncError
@@ -21,19 +22,6 @@ from pfrl.transport.buckets import split_buckets
 from pfrl.transport.staging import StagedSwaps, StagedWeights, stage_zmq
 from pfrl.transport.weights import ReceiverSpec, WeightSync
 from pfrl.transport.zmq_weights import ZmqWeightReceiver, ZmqWeightSender
-
-
-def _run(target, *args) -> threading.Thread:
-    t = threading.Thread(target=target, args=args, daemon=True)
-    t.start()
-    return t
-
-
-def _wait_until(condition, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
 
 
 def _staged(version: int) -> StagedWeights:
@@ -55,11 +43,11 @@ def test_an_announced_swap_holds_back_engine_calls_that_start_after_it():
         with gate.engine_call():
             log.append("call 2")
 
-    t1 = _run(first_call)
+    t1 = start_thread(first_call)
     assert in_call.wait(5)
     gate.announce_swap()  # a staged sync answered the learner: its swap must come before call 2
     assert gate.swap_waiting()
-    t2 = _run(second_call)
+    t2 = start_thread(second_call)
     release.set()
     t1.join(5)
     time.sleep(0.05)
@@ -85,11 +73,11 @@ def test_a_version_staged_during_an_engine_call_is_applied_between_calls():
         with gate.engine_call():
             log.append("call 2")
 
-    t1 = _run(first_call)
+    t1 = start_thread(first_call)
     assert in_call.wait(5)
     swaps.stage(_staged(3))  # returns at once: the caller (the learner's sync) does not wait
     assert swaps.pending_version() == 3  # what the next engine call will serve
-    t2 = _run(second_call)
+    t2 = start_thread(second_call)
     time.sleep(0.05)
     assert log == []  # neither the swap nor call 2 ran inside call 1
     release.set()
@@ -110,7 +98,7 @@ def test_a_newer_staged_version_replaces_one_still_waiting():
             in_call.set()
             release.wait(5)
 
-    t = _run(call)
+    t = start_thread(call)
     assert in_call.wait(5)
     swaps.stage(_staged(1))
     swaps.stage(_staged(2))
@@ -130,11 +118,11 @@ def test_pause_mode_yields_to_a_staged_swap_inside_the_call():
         with gate.engine_call():
             log.append("step 1")
             in_call.set()
-            _wait_until(gate.swap_waiting)
+            wait_until(gate.swap_waiting)
             gate.yield_to_swaps()  # what pause mode does at a step boundary
             log.append("step 2")
 
-    t = _run(engine_call)
+    t = start_thread(engine_call)
     assert in_call.wait(5)
     swaps.stage(_staged(4))
     t.join(5)
@@ -156,7 +144,7 @@ def test_stage_zmq_keeps_every_bucket_and_a_broken_stream_stages_nothing():
     rx = ZmqWeightReceiver("127.0.0.1")
     sender = ZmqWeightSender([rx.addr], 10.0)
     tensors = [("a", torch.randn(5, 3)), ("b", torch.arange(7)), ("c", torch.randn(40))]
-    t = _run(sender.send, 2, list(split_buckets(tensors, 64)))
+    t = start_thread(sender.send, 2, list(split_buckets(tensors, 64)))
     staged = stage_zmq(rx, 2, 10.0)
     t.join(5)
     assert staged.version == 2 and len(staged.buckets) > 1
@@ -247,7 +235,7 @@ def _sync(engine: GeneratorEngine, version: int, value: float, *, break_off: boo
         except RuntimeError:
             pass
 
-    t = _run(send)
+    t = start_thread(send)
     try:
         return engine.receive_weights(version, ReceiverSpec("zmq", 1.0, staged=True).to_dict())
     finally:
@@ -265,7 +253,7 @@ def test_engine_answers_a_staged_sync_during_a_call_and_swaps_before_the_next():
             release.wait(5)
             seen.append(engine.policy_version)
 
-    t = _run(long_call)
+    t = start_thread(long_call)
     assert in_call.wait(5)
     answer = _sync(engine, 1, 1.0)  # answered while the call still runs
     assert answer["version"] == 1 and answer["staged"] and answer["bytes"] == 16

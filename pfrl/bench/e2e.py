@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pfrl.bench.launch import TIMED_OUT, run_logged
 from pfrl.bench.report import add_json_argument, write_json
 
 SYSTEMS = ("online", "lockstep", "trl")
@@ -130,14 +129,9 @@ def _launch(name: str, cmd: list[str], log_path: Path, timeout_s: float) -> floa
     from pfrl.errors import UserError
 
     launch = time.time()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise UserError(f"{name}: not done in {timeout_s:.0f}s (--timeout); see {log_path}") from None
+    code = run_logged(cmd, log_path, timeout_s)
+    if code == TIMED_OUT:
+        raise UserError(f"{name}: not done in {timeout_s:.0f}s (--timeout); see {log_path}")
     if code != 0:
         raise UserError(f"{name}: exited {code}; see {log_path}")
     return launch

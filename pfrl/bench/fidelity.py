@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pfrl.bench.launch import run_logged
 from pfrl.bench.report import add_json_argument, write_json
 
 CONFIGS = {"math": "configs/tiny-math.yaml", "code": "configs/tiny-code.yaml"}
@@ -159,20 +158,6 @@ def summary(results: dict[str, dict[str, dict[str, Any]]], k: int) -> dict[str, 
 
 
 # -- the runs -------------------------------------------------------------------------------------
-def _run(cmd: list[str], log_path: Path, timeout_s: float) -> tuple[int, float]:
-    """Run `cmd` in its own session (Ray's daemons with it); its exit code and wall time."""
-    start = time.time()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            code = 124
-    return code, time.time() - start
-
-
 def _bootstrap(task: str, config: str, given: dict[str, str], overrides: list[str]) -> str:
     from pfrl.config import load_config
     from pfrl.preflight import resolve_model
@@ -194,7 +179,9 @@ def _train(task: str, arm: Arm, seed: int, steps: int, model: str, files: dict[s
     for o in arm_overrides(arm, steps, seed, model, train_file, files["heldout"], run_dir, [*extra, *args.overrides]):
         cmd += ["--set", o]
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    code, wall = _run(cmd, run_dir.parent / f"{arm.name}-seed{seed}.train.log", args.timeout)
+    start = time.time()
+    code = run_logged(cmd, run_dir.parent / f"{arm.name}-seed{seed}.train.log", args.timeout)
+    wall = time.time() - start
     info: dict[str, Any] = {"run_dir": str(run_dir), "exit": code, "train_s": round(wall, 1)}
     info.update(_run_stats(run_dir))
     final = run_dir / "final"
