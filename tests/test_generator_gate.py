@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from helpers import start_thread, wait_until
+from helpers import held_call, logged_call, pausing_call, start_thread, wait_until
 
 from pfrl.generation import SwapGate, request_seed
 
@@ -40,18 +40,13 @@ def test_a_waiting_swap_goes_before_the_next_engine_call():
     gate, log = SwapGate(), []
     in_call, release = threading.Event(), threading.Event()
 
-    def first_call():
-        with gate.engine_call():
-            in_call.set()
-            release.wait(5)
+    first_call = held_call(gate, log, in_call, release)
 
     def swap():
         with gate.swap():
             log.append("swap")
 
-    def second_call():
-        with gate.engine_call():
-            log.append("call")
+    second_call = logged_call(gate, log, "call")
 
     t1 = start_thread(first_call)
     assert in_call.wait(5)
@@ -70,14 +65,7 @@ def test_yield_to_swaps_lets_the_swap_run_inside_an_engine_call():
     gate, log = SwapGate(), []
     in_call = threading.Event()
 
-    def engine_call():
-        with gate.engine_call():
-            log.append("step 1")
-            in_call.set()
-            wait_until(gate.swap_waiting)
-            gate.yield_to_swaps()  # what pause mode does at a step boundary
-            log.append("step 2")
-
+    engine_call = pausing_call(gate, log, in_call)
     def swap():
         with gate.swap():
             log.append("swap")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import start_thread, wait_until
+from helpers import held_call, logged_call, pausing_call, start_thread
 
 from pfrl.config import GeneratorSection, ModelSection, SyncSection
 from pfrl.errors import SyncError
@@ -33,16 +33,8 @@ def test_an_announced_swap_holds_back_engine_calls_that_start_after_it():
     gate, log = SwapGate(), []
     in_call, release = threading.Event(), threading.Event()
 
-    def first_call():
-        with gate.engine_call():
-            in_call.set()
-            release.wait(5)
-            log.append("call 1 end")
-
-    def second_call():
-        with gate.engine_call():
-            log.append("call 2")
-
+    first_call = held_call(gate, log, in_call, release, end="call 1 end")
+    second_call = logged_call(gate, log, "call 2")
     t1 = start_thread(first_call)
     assert in_call.wait(5)
     gate.announce_swap()  # a staged sync answered the learner: its swap must come before call 2
@@ -63,16 +55,8 @@ def test_a_version_staged_during_an_engine_call_is_applied_between_calls():
     in_call, release = threading.Event(), threading.Event()
     swaps = StagedSwaps(gate, lambda s: log.append(f"apply v{s.version}"))
 
-    def first_call():
-        with gate.engine_call():
-            in_call.set()
-            release.wait(5)
-            log.append("call 1 end")
-
-    def second_call():
-        with gate.engine_call():
-            log.append("call 2")
-
+    first_call = held_call(gate, log, in_call, release, end="call 1 end")
+    second_call = logged_call(gate, log, "call 2")
     t1 = start_thread(first_call)
     assert in_call.wait(5)
     swaps.stage(_staged(3))  # returns at once: the caller (the learner's sync) does not wait
@@ -114,14 +98,7 @@ def test_pause_mode_yields_to_a_staged_swap_inside_the_call():
     swaps = StagedSwaps(gate, lambda s: log.append(f"apply v{s.version}"))
     in_call = threading.Event()
 
-    def engine_call():
-        with gate.engine_call():
-            log.append("step 1")
-            in_call.set()
-            wait_until(gate.swap_waiting)
-            gate.yield_to_swaps()  # what pause mode does at a step boundary
-            log.append("step 2")
-
+    engine_call = pausing_call(gate, log, in_call)
     t = start_thread(engine_call)
     assert in_call.wait(5)
     swaps.stage(_staged(4))
