@@ -5,10 +5,13 @@ train a byte-level BPE tokenizer, then SFT a small Llama from scratch on the ref
 (loss on completion tokens only).
 
 The SFT corpus teaches a habit that pseudo feedback can train out, the way a real SFT model inherits
-the habits of its data: a share of its solutions (`shortcut_share`, the majority) state the answer
-without working the steps. A four-layer model cannot do several operations in its head, so the habit
-is usually wrong; greedy decoding follows it, while sampling works the steps often enough for
-DPO to learn, from labels alone, that worked solutions are right more often.
+the habits of its data: a share of its solutions (`shortcut_share`, the majority) do the arithmetic
+in the head. In math they state the answer without working the steps; in code they fold the chain
+of operations into one expression with the constants computed (`(x + 17) * 15` as `x * 15 + 255`).
+A four-layer model cannot do several operations in its head, so the habit is usually wrong, and
+wrong in scattered ways; greedy decoding follows it, while sampling works the steps (or copies the
+operations) often enough that the policy's own majority vote is right, and DPO learns from labels
+alone that the worked form is right more often.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pfrl.tasks.io import problem_to_dict, write_jsonl
-from pfrl.tasks.synthetic_code import CodeDifficulty
+from pfrl.tasks.synthetic_code import CodeDifficulty, folded_program
 from pfrl.tasks.synthetic_math import MathDifficulty, answer_sentence
 from pfrl.types import Problem
 
@@ -45,16 +48,17 @@ class BootstrapSpec:
     # Small numbers, 2-3 operations: a four-layer model works the steps reliably (~0.7 greedy) but
     # cannot add three numbers in its head (~0.5), so the habit costs it and feedback can tell.
     math_difficulty: MathDifficulty = MathDifficulty(min_steps=2, max_steps=3, max_start=9, max_operand=5, allow_double=False)
-    # Constants up to 99, not 9: with 2..9 the seeded pool held only ~4,000 distinct code problems, so
-    # the SFT set was 1,736 after the train and held-out splits, 1200 steps were 22 epochs of it, and
-    # the model memorised programs (loss 0.001) instead of learning to copy the prompt: held-out
-    # greedy 0.31 with every one of 8 samples identical to it (no diversity, so no pairs to learn from).
-    # With 2..99: 9,406 distinct SFT problems, about 4 epochs.
-    code_difficulty: CodeDifficulty = CodeDifficulty(max_k=99)
+    # Code: 2-3 operations with constants up to 20, 80% on one integer and no modulo, so most problems
+    # have a folded form (the habit above) that a four-layer model gets wrong. The pool is large
+    # (tens of thousands of distinct problems), so SFT teaches copying the prompt rather than
+    # memorising programs: with 1-2 operations and constants up to 9 the seeded pool held ~4,000
+    # distinct problems and the model memorised them (every sample identical: no pairs to learn from).
+    code_difficulty: CodeDifficulty = CodeDifficulty(min_ops=2, max_ops=3, max_k=20, int_share=0.8, allow_modulo=False)
 
     @staticmethod
     def small() -> BootstrapSpec:
-        # The tests' code model keeps constants up to 9 (it is weak, and its samples differ: pairs to test with).
+        # The tests' code model keeps the task's default difficulty: it is weak and its samples differ
+        # (pairs to test with); the habit touches only the few 2-operation problems without modulo.
         return BootstrapSpec(sft_problems=3000, train_problems=200, heldout_problems=64, layers=2, steps=300,
                              code_difficulty=CodeDifficulty())
 
@@ -84,14 +88,22 @@ def make_splits(task: str, seed: int, spec: BootstrapSpec):
     return sft, train, heldout
 
 
-def with_shortcuts(examples: list[tuple[Problem, str]], share: float, seed: int) -> list[tuple[Problem, str]]:
-    """Replace `share` of the solutions by the bare answer sentence, chosen by seed."""
+def _shortcut(task: str, problem: Problem, solution: str) -> str | None:
+    """The habit's form of one solution (None: the habit does not apply to it)."""
+    if task == "code":
+        return folded_program(solution)
+    assert problem.answer is not None, "synthetic math problems carry their answer"
+    return " " + answer_sentence(problem.answer)
+
+
+def with_shortcuts(examples: list[tuple[Problem, str]], share: float, seed: int,
+                   task: str = "math") -> list[tuple[Problem, str]]:
+    """Replace `share` of the solutions (chosen by seed) by their shortcut form, where they have one."""
     rng = random.Random(f"shortcut:{seed}")
     out = []
     for problem, solution in examples:
         if rng.random() < share:
-            assert problem.answer is not None, "synthetic math problems carry their answer"
-            solution = " " + answer_sentence(problem.answer)
+            solution = _shortcut(task, problem, solution) or solution
         out.append((problem, solution))
     return out
 
@@ -177,8 +189,8 @@ def bootstrap(task: str, out_dir: str | Path, seed: int = 0, spec: BootstrapSpec
     out = Path(out_dir)
     torch.manual_seed(seed)
     sft_set, train, heldout = make_splits(task, seed, spec)
-    if task == "math" and spec.shortcut_share:
-        sft_set = with_shortcuts(sft_set, spec.shortcut_share, seed)
+    if spec.shortcut_share:
+        sft_set = with_shortcuts(sft_set, spec.shortcut_share, seed, task)
     tokenizer = build_tokenizer(p.prompt + s for p, s in sft_set)
     model = LlamaForCausalLM(tiny_config(tokenizer, hidden=spec.hidden, layers=spec.layers))
     on_step = progress or (lambda step, loss: None)

@@ -3,11 +3,13 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
 from pfrl.bootstrap import BootstrapSpec, bootstrap, make_splits, with_shortcuts
 from pfrl.tasks.io import read_problems
+from pfrl.tasks.synthetic_code import folded_program
 
 
 def test_splits_are_disjoint():
@@ -34,6 +36,16 @@ def test_shortcuts_keep_the_answer_and_hit_their_share():
         bare_answer = " " + worked[worked.rindex("The answer is"):]
         assert p is q and s.endswith(bare_answer) and s in (worked, bare_answer)
     assert with_shortcuts(sft, 0.6, seed=0) == mixed and with_shortcuts(sft, 0.0, seed=0) == sft
+
+
+def test_code_shortcuts_fold_their_share_of_the_foldable_programs():
+    spec = BootstrapSpec()
+    sft, _, _ = make_splits("code", 0, replace(spec, sft_problems=2000))
+    mixed = with_shortcuts(sft, 0.6, seed=0, task="code")
+    foldable = [folded_program(s) is not None for _, s in sft]
+    folded = [s != worked for (_, worked), (_, s) in zip(sft, mixed, strict=True)]
+    assert 0.7 < sum(foldable) / len(sft) and 0.55 < sum(folded) / sum(foldable) < 0.65
+    assert not any(f and not ok for f, ok in zip(folded, foldable, strict=True))
 
 
 def test_bootstrap_math_problems_use_the_spec_difficulty():

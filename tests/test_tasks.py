@@ -4,7 +4,7 @@ import pytest
 
 from pfrl.errors import UserError
 from pfrl.tasks.io import problem_to_dict, read_problems, write_jsonl
-from pfrl.tasks.synthetic_code import CodeDifficulty
+from pfrl.tasks.synthetic_code import CodeDifficulty, folded_program
 from pfrl.tasks.synthetic_code import generate as gen_code
 from pfrl.tasks.synthetic_math import MathDifficulty
 from pfrl.tasks.synthetic_math import generate as gen_math
@@ -48,6 +48,31 @@ def test_code_reference_passes_its_tests(difficulty):
     for problem, solution in problems:
         assert len(problem.test_inputs) == difficulty.num_tests
         assert _run_reference(problem, solution) == problem.test_outputs
+
+
+@pytest.mark.parametrize("difficulty", [CodeDifficulty(), CodeDifficulty(min_ops=2, max_ops=3, allow_modulo=False)])
+def test_folded_program_is_the_same_function_with_the_constants_computed(difficulty):
+    folded = 0
+    for problem, solution in gen_code(300, seed=4, difficulty=difficulty):
+        short = folded_program(solution)
+        body = solution.splitlines()[2]
+        if short is None:
+            # Nothing to fold: a list, a modulo, or a single operation on x.
+            assert "xs" in body or "%" in body or body.count("(") == 0
+            continue
+        folded += 1
+        assert short.count("(") == 1 and _run_reference(problem, short) == problem.test_outputs
+    # Without modulo every 2-3 operation integer problem folds (80% of these by int_share's default 0.6).
+    assert folded > (0.5 * 300 if not difficulty.allow_modulo else 0)
+
+
+def test_code_difficulty_knobs_shape_the_problems():
+    d = CodeDifficulty(min_ops=2, max_ops=3, int_share=1.0, allow_modulo=False)
+    for problem, solution in gen_code(200, seed=5, difficulty=d):
+        assert "xs" not in solution and "%" not in solution and "remainder" not in problem.prompt
+        assert folded_program(solution) is not None
+    # The defaults draw the same problems as before the knobs existed (the tests' data is unchanged).
+    assert gen_code(50, seed=1) == gen_code(50, seed=1, difficulty=CodeDifficulty(int_share=0.6, allow_modulo=True))
 
 
 def test_problem_file_round_trip_and_bad_records(tmp_path):

@@ -69,8 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0,1,2", help="run.seed of each repetition (default 0,1,2).")
     p.add_argument("--steps", type=int, default=60, help="Learner steps per trained arm (run.max_steps; default 60).")
     p.add_argument("--code-steps", type=int, default=None, help="Learner steps of the code arms (default: --steps).")
-    p.add_argument("--code-prompts", type=int, default=32, help="data.prompts_per_iteration of the code arms "
-                   "(default 32; the preset's 2 iterations: 64 prompts, 512 programs run in the sandbox per run).")
+    p.add_argument("--code-prompts", type=int, default=640, help="data.prompts_per_iteration of the code arms "
+                   "(default 640; the preset's 2 iterations give the 60 steps of 32 pairs at about 1.6 pairs per "
+                   "prompt; every sample is a program run on every test in the sandbox).")
     p.add_argument("--bootstrap", action="append", default=[], metavar="TASK=DIR",
                    help="A bootstrap model to start from (e.g. math=/tmp/boot-math); default: built once "
                    "into model.bootstrap_dir (`pfrl bootstrap`), reused when there.")
@@ -78,8 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="The preset every arm of TASK runs (default: math=configs/tiny-math.yaml, "
                    "code=configs/tiny-code.yaml).")
     p.add_argument("--eval-prompts", type=int, default=256, help="Held-out problems scored per math model (default 256).")
-    p.add_argument("--code-eval-prompts", type=int, default=32, help="Held-out problems scored per code model "
-                   "(default 32: each of the K+1 samples is a program run on every test in the sandbox).")
+    p.add_argument("--code-eval-prompts", type=int, default=128, help="Held-out problems scored per code model "
+                   "(default 128: each of the K+1 samples is a program run on every test in the sandbox).")
     p.add_argument("--k", type=int, default=8, help="Samples per held-out problem for maj@K and pass@K (default 8).")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="Config override for every arm alike, after the bench's own (e.g. learner.lr=2e-4).")
