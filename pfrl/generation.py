@@ -3,111 +3,32 @@
 `GeneratorEngine` is a plain class (the Ray actor in `actors/generator.py` is thin glue over it).
 It samples `n_samples` completions per prompt with the configured sampling parameters and a
 per-request seed derived from (run seed, prompt id, attempt, policy version), so a run is
-reproducible. Weight swaps and engine calls take turns through a `SwapGate`:
-
-- `swap_mode=drain`: a swap waits for the current engine call to finish;
-- `swap_mode=pause`: the engine call stops at the next step, its unfinished requests are aborted,
-  the swap runs, and those prompts are sampled again from scratch under the new weights.
-
-Either way a group is sampled by exactly one policy version, and no request ever runs on
-half-updated weights (the swap itself happens between engine steps, inside the workers).
-
-With `sync.staged` (ZMQ, the default there) the transfer is not part of the swap: the weights are
-received into this process while the engine samples, the learner is answered, and the swap (a
-local load plus the prefix-cache reset) is queued on the gate at once, so it runs before any engine
-call that starts later (pfrl/transport/staging.py). A transfer that breaks off leaves the model and
-its version as they were.
+reproducible. Every engine call takes the `SwapGate` of its `EngineWeights`
+(pfrl/engine_weights.py), which serves one policy version at a time and takes new weights from
+the learner between engine calls.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from pfrl.config import GeneratorSection, ModelSection, SyncSection
-from pfrl.errors import SyncError
+from pfrl.engine_weights import EngineWeights, SwapGate
 from pfrl.model_dir import check_model_dir
 from pfrl.prompting import prompt_ids
-from pfrl.transport import staging
-from pfrl.transport.staging import StagedSwaps, StagedWeights, stage_zmq
-from pfrl.transport.weights import ReceiverInfo, ReceiverSpec, resolve_transport
-from pfrl.transport.zmq_weights import ZmqWeightReceiver
+from pfrl.transport.weights import ReceiverInfo
 from pfrl.types import PrefixBatch, PrefixRollout, PromptItem, RolloutGroup
 
 WORKER_EXTENSION = "pfrl.transport.vllm_worker.WeightSyncExtension"
-
-
-class WeightsIncomplete(RuntimeError):
-    """A weight sync failed part-way: the engine refuses to sample until a full sync succeeds."""
 
 
 def request_seed(run_seed: int, prompt_id: str, attempt: int, version: int) -> int:
     """A stable 31-bit sampling seed per (run, prompt, attempt, policy version)."""
     key = f"{run_seed}/{prompt_id}/{attempt}/{version}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "little") & 0x7FFFFFFF
-
-
-class SwapGate:
-    """Engine calls and weight swaps take turns; a waiting swap goes before the next engine call."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._busy = False
-        self._swapping = False
-        self._swaps_waiting = 0
-
-    def _free(self) -> bool:
-        return not self._busy and not self._swapping
-
-    @contextmanager
-    def engine_call(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: self._free() and self._swaps_waiting == 0)
-            self._busy = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
-
-    def announce_swap(self) -> None:
-        """Queue a swap now, to be run later by `swap(announced=True)`: from here on no new engine
-        call starts before it (a staged sync answers the learner before its swap runs)."""
-        with self._cond:
-            self._swaps_waiting += 1
-
-    @contextmanager
-    def swap(self, announced: bool = False) -> Iterator[None]:
-        with self._cond:
-            if not announced:
-                self._swaps_waiting += 1
-            self._cond.wait_for(self._free)
-            self._swaps_waiting -= 1
-            self._swapping = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._swapping = False
-                self._cond.notify_all()
-
-    def swap_waiting(self) -> bool:
-        return self._swaps_waiting > 0
-
-    def yield_to_swaps(self) -> None:
-        """Inside `engine_call`: let every waiting swap run, then take the engine back."""
-        with self._cond:
-            self._busy = False
-            self._cond.notify_all()
-            self._cond.wait_for(lambda: self._free() and self._swaps_waiting == 0)
-            self._busy = True
 
 
 def _build_llm(model_path: str, gen: GeneratorSection, model: ModelSection, seed: int) -> Any:
@@ -147,19 +68,19 @@ class GeneratorEngine:
         self.cfg, self.model_cfg, self.sync_cfg = gen_cfg, model_cfg, sync_cfg
         self.seed, self.generator_id = seed, generator_id
         self.instance_id = uuid.uuid4().hex[:12]
-        self.policy_version = 0
-        self._gate = SwapGate()
-        self._weights_ok = True
-        self._group_id: str | None = None
         self._next_request = 0
         self._llm = _build_llm(model_path, gen_cfg, model_cfg, seed)
         self._tokenizer = self._llm.get_tokenizer()
         # Each worker binds its weight receiver now, so `receiver_info` never needs the engine.
-        self._workers = self._llm.collective_rpc("pfrl_receiver_info")
-        # Staged syncs (sync.staged): the weights come into this process while the engine samples.
-        self._stage_rx: ZmqWeightReceiver | None = None  # bound on first use (receiver_info)
-        self._stage_lock = threading.Lock()  # one transfer at a time on the staging socket
-        self._staged = StagedSwaps(self._gate, self._apply_staged)
+        workers = self._llm.collective_rpc("pfrl_receiver_info")
+        self.weights = EngineWeights(self._llm, workers, SwapGate(), sync_cfg, generator_id, self.instance_id)
+        self._gate = self.weights.gate
+
+    @property
+    def policy_version(self) -> int:
+        """The version in the model now (what an engine call that starts now samples with, unless
+        a staged swap runs first: `serving_version`)."""
+        return self.weights.version
 
     # -- sampling -------------------------------------------------------------------------------
 
@@ -168,8 +89,7 @@ class GeneratorEngine:
         if not items:
             return []
         with self._gate.engine_call():
-            if not self._weights_ok:
-                raise WeightsIncomplete(f"generator {self.generator_id}: last weight sync failed part-way")
+            self.weights.check()
             return self._generate_locked(items)
 
     def _generate_locked(self, items: list[PromptItem]) -> list[RolloutGroup]:
@@ -253,8 +173,7 @@ class GeneratorEngine:
             return []
         chosen = [self._choose_prefixes(b) for b in batches]
         with self._gate.engine_call():
-            if not self._weights_ok:
-                raise WeightsIncomplete(f"generator {self.generator_id}: last weight sync failed part-way")
+            self.weights.check()
             return self._complete_prefixes_locked(batches, chosen)
 
     def _choose_prefixes(self, batch: PrefixBatch) -> list[list[int]]:
@@ -354,120 +273,19 @@ class GeneratorEngine:
             out = self._llm.generate([TokensPrompt(prompt_token_ids=p + c)], params, use_tqdm=False)[0]
         return [out.prompt_logprobs[len(p) + j][tok].logprob for j, tok in enumerate(c)]
 
-    # -- weight sync ----------------------------------------------------------------------------
+    # -- weight sync: EngineWeights --------------------------------------------------------------
 
     def receiver_info(self, transport: str | None = None) -> ReceiverInfo:
-        """How the learner reaches this engine's workers; `transport` defaults to `sync.transport`."""
-        device = self._workers[0]["device"]
-        transport = resolve_transport(transport or self.sync_cfg.transport, device)
-        stage_addr = None
-        if transport == "zmq" and self.sync_cfg.staged:
-            if self._stage_rx is None:
-                self._stage_rx = ZmqWeightReceiver()
-            stage_addr = self._stage_rx.addr
-        return ReceiverInfo(
-            generator_id=self.generator_id,
-            instance_id=self.instance_id,
-            transport=transport,
-            device=device,
-            zmq_addrs=[w["addr"] for w in self._workers],
-            group_id=self._group_id,
-            stage_addr=stage_addr,
-        )
+        return self.weights.receiver_info(transport)
 
     def serving_version(self) -> int:
-        """The version the next engine call samples with: a staged version waiting for its swap,
-        else the one in the model (after a failed swap, still the last complete one)."""
-        pending = self._staged.pending_version()
-        return self.policy_version if pending is None else pending
+        return self.weights.serving_version()
 
     def receive_weights(self, version: int, spec: dict[str, Any]) -> dict[str, Any]:
-        """Take `version` from the learner; raises SyncError on failure. Unstaged, the transfer
-        runs inside the swap, between engine calls; staged (`spec["staged"]`), it runs now, while
-        the engine samples, and the answer comes once the bytes are in memory: the swap follows
-        before the next engine call (`StagedSwaps`)."""
-        if ReceiverSpec.from_dict(spec).staged:
-            return self._receive_staged(version, spec)
-        asked = time.perf_counter()
-        with self._gate.swap():
-            start = time.perf_counter()
-            self._swap_in(version, lambda: self._llm.collective_rpc("pfrl_receive", args=(version, spec)))
-            return {
-                "generator_id": self.generator_id,
-                "version": version,
-                "bytes": self._last_swap_bytes,
-                "seconds": time.perf_counter() - start,
-                "wait_s": start - asked,
-                "staged": False,
-            }
-
-    def _receive_staged(self, version: int, spec: dict[str, Any]) -> dict[str, Any]:
-        rx = self._stage_rx
-        if rx is None:
-            raise SyncError(f"generator {self.generator_id}: a staged sync without prepare_sync")
-        with self._stage_lock:
-            try:
-                staged = stage_zmq(rx, version, ReceiverSpec.from_dict(spec).timeout_s)
-            except SyncError as e:  # nothing reached the model: it keeps serving its version
-                raise SyncError(f"generator {self.generator_id}: {e}") from e
-            self._staged.stage(staged)
-        return {
-            "generator_id": self.generator_id,
-            "version": version,
-            "bytes": staged.bytes,
-            "seconds": staged.seconds,
-            "wait_s": 0.0,
-            "staged": True,
-        }
-
-    def _apply_staged(self, staged: StagedWeights) -> None:
-        """Under the gate: load a staged version into the model (StagedSwaps calls this)."""
-        self._swap_in(staged.version, lambda: self._load_staged(staged))
-
-    def _load_staged(self, staged: StagedWeights) -> list[dict[str, Any]]:
-        if all(w.get("pid") == os.getpid() for w in self._workers):  # the `uni` executor: hand over in memory
-            return self._llm.collective_rpc("pfrl_load_staged", args=(staged.version, staging.put(staged)))
-        # Workers in their own processes: send them the staged buckets over their own receivers.
-        from pfrl.transport.zmq_weights import ZmqWeightSender
-
-        timeout_s = self.sync_cfg.timeout_s
-        sender = ZmqWeightSender([w["addr"] for w in self._workers], timeout_s)
-        sent: list[BaseException] = []
-
-        def send() -> None:
-            try:
-                sender.send(staged.version, staged.buckets)
-            except BaseException as e:
-                sent.append(e)
-
-        thread = threading.Thread(target=send, daemon=True)
-        thread.start()
-        try:
-            spec = ReceiverSpec("zmq", timeout_s).to_dict()
-            return self._llm.collective_rpc("pfrl_receive", args=(staged.version, spec))
-        finally:
-            thread.join(timeout_s)
-            sender.close()
-
-    def _swap_in(self, version: int, load: Any) -> None:
-        """Inside the gate: run `load` (the workers' answers), then reset the prefix cache; any
-        failure leaves the engine refusing to sample until a full sync succeeds."""
-        results = load()
-        self._group_id = results[0]["group_id"] if all(r["ok"] for r in results) else None
-        failed = [r["error"] for r in results if not r["ok"]]
-        if failed:
-            self._weights_ok = False
-            raise SyncError(f"generator {self.generator_id}: {failed[0]}")
-        # Cached KV blocks were computed by the old weights: they must not be reused.
-        if not self._llm.reset_prefix_cache():
-            self._weights_ok = False
-            raise SyncError(f"generator {self.generator_id}: prefix cache still in use after the swap")
-        self._last_swap_bytes = results[0]["bytes"]
-        self.policy_version, self._weights_ok = version, True
+        return self.weights.receive(version, spec)
 
     def shutdown(self) -> None:
         """Stop the engine's processes now rather than at garbage collection."""
         with self._gate.swap():
             self._llm.llm_engine.engine_core.shutdown()
-            if self._stage_rx is not None:
-                self._stage_rx.close()
+            self.weights.close()

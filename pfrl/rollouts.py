@@ -102,7 +102,7 @@ Event = Labelled | PrefixesValued | GeneratorLost | OlderWeights | LabellerLost
 
 def _weights_incomplete(error: Exception) -> bool:
     """A generator refused to sample because its last weight swap failed (pfrl.generation)."""
-    from pfrl.generation import WeightsIncomplete
+    from pfrl.engine_weights import WeightsIncomplete
 
     return isinstance(getattr(error, "cause", None), WeightsIncomplete)
 

@@ -7,7 +7,8 @@ import time
 
 from helpers import held_call, logged_call, pausing_call, start_thread, wait_until
 
-from pfrl.generation import SwapGate, request_seed
+from pfrl.engine_weights import SwapGate
+from pfrl.generation import request_seed
 
 
 # Threads hand over through events and the gate's own state, never through sleeps, so a loaded

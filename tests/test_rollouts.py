@@ -30,7 +30,7 @@ class StandInGenerator:
         self.mode = mode
 
     def _check(self) -> None:
-        from pfrl.generation import WeightsIncomplete
+        from pfrl.engine_weights import WeightsIncomplete
 
         if self.mode == "weights":
             raise WeightsIncomplete("generator 0: last weight swap failed")

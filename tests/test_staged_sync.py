@@ -14,9 +14,10 @@ import pytest
 import torch
 from helpers import held_call, logged_call, pausing_call, start_thread
 
-from pfrl.config import GeneratorSection, ModelSection, SyncSection
+from pfrl.config import SyncSection
+from pfrl.engine_weights import EngineWeights, SwapGate, WeightsIncomplete
 from pfrl.errors import SyncError
-from pfrl.generation import GeneratorEngine, SwapGate, WeightsIncomplete
+from pfrl.generation import GeneratorEngine
 from pfrl.transport import staging
 from pfrl.transport.buckets import split_buckets
 from pfrl.transport.staging import StagedSwaps, StagedWeights, stage_zmq
@@ -177,20 +178,16 @@ class FakeLLM:
 
 
 def _engine() -> GeneratorEngine:
+    """A GeneratorEngine around a fake LLM: real weights, gate and staging; the engine call records
+    the version it samples with."""
     import os
 
     engine = GeneratorEngine.__new__(GeneratorEngine)
-    engine.cfg, engine.model_cfg = GeneratorSection(), ModelSection()
-    engine.sync_cfg = SyncSection(transport="zmq", timeout_s=5.0)
-    engine.seed, engine.generator_id, engine.instance_id = 0, 0, "fake"
-    engine.policy_version, engine._weights_ok, engine._group_id = 0, True, None
-    engine._gate = SwapGate()
-    engine._llm = FakeLLM()
-    engine._workers = [{"addr": "tcp://unused", "device": "cpu", "pid": os.getpid()}]
-    engine._stage_rx = None
-    engine._stage_lock = threading.Lock()
-    engine._staged = StagedSwaps(engine._gate, engine._apply_staged)
-    # An engine call that records the version it samples with and can be held open.
+    engine.generator_id, engine._llm = 0, FakeLLM()
+    workers = [{"addr": "tcp://unused", "device": "cpu", "pid": os.getpid()}]
+    sync_cfg = SyncSection(transport="zmq", timeout_s=5.0)
+    engine.weights = EngineWeights(engine._llm, workers, SwapGate(), sync_cfg, generator_id=0, instance_id="fake")
+    engine._gate = engine.weights.gate
     engine._generate_locked = lambda items: [engine.policy_version]  # type: ignore[method-assign]
     return engine
 
@@ -257,8 +254,8 @@ def test_engine_refuses_to_sample_after_a_staged_swap_fails_until_a_full_sync():
     engine = _engine()
     engine._llm.fail_next = True
     _sync(engine, 1, 1.0)
-    engine._staged.join()
-    assert isinstance(engine._staged.last_error, SyncError)
+    engine.weights.staged.join()
+    assert isinstance(engine.weights.staged.last_error, SyncError)
     with pytest.raises(WeightsIncomplete):
         engine.generate([object()])  # type: ignore[list-item]
     assert engine.serving_version() == 0  # not the version it was sent: the controller sees it stale

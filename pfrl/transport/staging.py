@@ -85,7 +85,7 @@ class StagedSwaps:
     nothing to do. `apply` raises on failure; the error is kept in `last_error` and the version is
     dropped (the engine's own flags say whether it may sample)."""
 
-    gate: object  # pfrl.generation.SwapGate (not imported: generation imports this module)
+    gate: object  # pfrl.engine_weights.SwapGate (not imported: engine_weights imports this module)
     apply: Callable[[StagedWeights], None]
     _pending: StagedWeights | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
