@@ -72,8 +72,9 @@ def test_arms_differ_only_in_their_own_keys(task, tmp_path):
     assert configs["dpo-gt"]["labeller.source"] == "ground_truth"
     if task == "math":
         assert diffs["pdpo-sc"] == {"labeller.step_pairs.ratio"} and configs["pdpo-sc"]["labeller.step_pairs.ratio"] == 1.0
+        assert diffs["pdpo-gt"] == diffs["dpo-gt"] | {"labeller.step_pairs.ratio"}
     else:
-        assert "pdpo-sc" not in TASK_ARMS[task]
+        assert "pdpo-sc" not in TASK_ARMS[task] and "pdpo-gt" not in TASK_ARMS[task]
     assert set().union(*diffs.values()) <= set(ARM_KEYS)
 
 

@@ -11,6 +11,8 @@ steps, all from one bootstrap model (built once, or `--bootstrap DIR`), each see
   dpo-gt   ground-truth labels (`labeller.source=ground_truth`, records as they are): the upper
            reference
   pdpo-sc  dpo-sc plus step-level pDPO (`labeller.step_pairs.ratio=1.0`); math only
+  pdpo-gt  dpo-gt plus step-level pDPO: separates what step pairs do from what the votes' label
+           noise does to them (a wrong majority makes every correct prefix "bad"); math only
 
 Every arm runs `pfrl train` on the task's preset with the same settings (ARM_KEYS are the only
 keys that differ, checked by a unit test). The held-out set keeps its ground truth: every final
@@ -36,7 +38,7 @@ from pfrl.bench.launch import run_logged
 from pfrl.bench.report import add_json_argument, write_json
 
 CONFIGS = {"math": "configs/tiny-math.yaml", "code": "configs/tiny-code.yaml"}
-TASK_ARMS = {"math": ("sft", "dpo-sc", "dpo-gt", "pdpo-sc"), "code": ("sft", "dpo-sc", "dpo-gt")}
+TASK_ARMS = {"math": ("sft", "dpo-sc", "dpo-gt", "pdpo-sc", "pdpo-gt"), "code": ("sft", "dpo-sc", "dpo-gt")}
 # What a self-consistency arm's train records lose: every label that is not the policy's own vote.
 STRIP_KEYS = {
     "math": ("answer", "reference"),
@@ -59,13 +61,14 @@ ARMS = {
     "dpo-sc": Arm("dpo-sc", "self_consistency", strip=True),
     "dpo-gt": Arm("dpo-gt", "ground_truth", strip=False),
     "pdpo-sc": Arm("pdpo-sc", "self_consistency", strip=True, step_ratio=1.0),
+    "pdpo-gt": Arm("pdpo-gt", "ground_truth", strip=False, step_ratio=1.0),
 }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default="math,code", help="Comma-separated: math, code (default both).")
-    p.add_argument("--arms", default=None, help="Comma-separated subset of sft, dpo-sc, dpo-gt, pdpo-sc "
-                   "(default: every arm of each task; pdpo-sc is math only).")
+    p.add_argument("--arms", default=None, help="Comma-separated subset of sft, dpo-sc, dpo-gt, pdpo-sc, "
+                   "pdpo-gt (default: every arm of each task; the pdpo arms are math only).")
     p.add_argument("--seeds", default="0,1,2", help="run.seed of each repetition (default 0,1,2).")
     p.add_argument("--steps", type=int, default=60, help="Learner steps per trained arm (run.max_steps; default 60).")
     p.add_argument("--code-steps", type=int, default=None, help="Learner steps of the code arms (default: --steps).")
