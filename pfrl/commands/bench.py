@@ -12,7 +12,8 @@ BENCHES = {
     "sandbox": "sandboxed vs bare program execution: programs x tests/s and ratio",
     "chaos": "kill -9 / resume trials of `pfrl train`: faults injected, survived, prompts lost",
     "e2e": "pfrl online vs lockstep vs TRL online DPO to the same updates: wall time, idle, accuracy, ratios",
-    "fidelity": "pseudo labels vs ground truth: sft, dpo-sc, dpo-gt, pdpo-sc over seeds: greedy, maj@K, pass@K",
+    "fidelity": "pseudo labels vs ground truth: sft, dpo-sc, dpo-gt, pdpo-sc, pdpo-gt over seeds: greedy, maj@K, pass@K",
+    "prefixes": "step-level pDPO's prefix pairs checked against reference solutions: right way round, inverted",
 }
 
 
