@@ -43,18 +43,25 @@ class PrefixAudit:
 
     pairs: Counter = field(default_factory=Counter)  # (chosen correct, rejected correct, label right) -> n
     values: dict[bool, Counter] = field(default_factory=lambda: {True: Counter(), False: Counter()})
+    # vote share of the group (None: a given label) -> [pairs the right way round, inverted, all]
+    by_vote_share: dict[float | None, list[int]] = field(default_factory=dict)
     groups: int = 0
     wrong_label_groups: int = 0
 
     def add(self, rollout: PrefixRollout, values: PrefixValues, pairs: list[PreferencePair],
-            reference: str, answer: str) -> None:
+            reference: str, answer: str, vote_share: float | None = None) -> None:
         label_right = rollout.batch.label == answer
         self.groups += 1
         self.wrong_label_groups += not label_right
         for text, value in zip(rollout.prefix_texts, values.values, strict=True):
             self.values[reference.startswith(text)][value] += 1
+        share = self.by_vote_share.setdefault(None if vote_share is None else round(vote_share, 3), [0, 0, 0])
         for pair in pairs:
-            self.pairs[(reference.startswith(pair.chosen), reference.startswith(pair.rejected), label_right)] += 1
+            chosen_ok, rejected_ok = reference.startswith(pair.chosen), reference.startswith(pair.rejected)
+            self.pairs[(chosen_ok, rejected_ok, label_right)] += 1
+            share[0] += chosen_ok and not rejected_ok
+            share[1] += rejected_ok and not chosen_ok
+            share[2] += 1
 
     def summary(self) -> dict[str, Any]:
         total = sum(self.pairs.values())
@@ -68,6 +75,8 @@ class PrefixAudit:
                         for (c, r, ok), n in sorted(self.pairs.items(), reverse=True)},
             "values_correct_prefix": dict(sorted(self.values[True].items())),
             "values_wrong_prefix": dict(sorted(self.values[False].items())),
+            "by_vote_share": {str(k): {"right_way": v[0], "inverted": v[1], "pairs": v[2]}
+                              for k, v in sorted(self.by_vote_share.items(), key=lambda kv: kv[0] or 0.0)},
         }
 
 
@@ -114,7 +123,7 @@ def audit(args: argparse.Namespace) -> PrefixAudit:
         values = prefix_values(rollout, judge)
         cap = max_prefix_pairs(1.0, len(result.pairs))
         pairs = prefix_pairs(rollout, values, cap, pair_rng(cfg.run.seed, result.prompt_id))
-        out.add(rollout, values, pairs, *refs[result.prompt_id])
+        out.add(rollout, values, pairs, *refs[result.prompt_id], vote_share=result.vote_share)
     return out
 
 
@@ -130,5 +139,7 @@ def run(args: argparse.Namespace) -> int:
     for kind, n in summary["by_kind"].items():
         print(f"    {kind}: {n}")
     print(f"  value of correct prefixes {summary['values_correct_prefix']}, of wrong ones {summary['values_wrong_prefix']}")
+    for share, n in summary["by_vote_share"].items():
+        print(f"  groups with vote share {share}: {n['pairs']} pairs, {n['right_way']} right way round, {n['inverted']} inverted")
     write_json(args.json_out, "prefixes", {"source": args.source, "problems": args.problems, **summary})
     return 0
