@@ -63,6 +63,14 @@ class BootstrapSpec:
                              code_difficulty=CodeDifficulty())
 
 
+def task_spec(spec: BootstrapSpec | dict, task: str) -> dict:
+    """What of a spec shapes a `task` model, in the JSON form pfrl_bootstrap.json stores (so a cached
+    model and today's spec compare; the other task's difficulty does not count)."""
+    d = json.loads(json.dumps(asdict(spec) if isinstance(spec, BootstrapSpec) else spec))
+    d.pop("code_difficulty" if task == "math" else "math_difficulty", None)
+    return d
+
+
 def _generator(task: str, spec: BootstrapSpec) -> Callable[[int, int], list[tuple[Problem, str]]]:
     if task == "math":
         from pfrl.tasks import synthetic_math

@@ -39,9 +39,26 @@ def resolve_model(cfg: PfrlConfig) -> str:
         check_model_dir(path, name=f"model.path={cfg.model.path}")
         return str(path.resolve())
     path = Path(cfg.model.bootstrap_dir) / f"tiny-{cfg.run.task}-seed{cfg.run.seed}"
-    if not (path / "pfrl_bootstrap.json").is_file():
+    if not _bootstrap_current(path, cfg.run.task):
         _bootstrap(cfg.run.task, path, cfg.run.seed)
     return str(path.resolve())
+
+
+def _bootstrap_current(path: Path, task: str) -> bool:
+    """A cached bootstrap built with today's `BootstrapSpec` (a pfrl upgrade that changes the task or
+    the SFT recipe, e.g. the code model's habit, must not leave users on the old model)."""
+    import json
+
+    from pfrl.bootstrap import BootstrapSpec, task_spec
+
+    meta = path / "pfrl_bootstrap.json"
+    if not meta.is_file():
+        return False
+    built = json.loads(meta.read_text()).get("spec") or {}
+    if task_spec(built, task) == task_spec(BootstrapSpec(), task):
+        return True
+    console.print(f"{path} was built with another bootstrap spec than this pfrl's: rebuilding it")
+    return False
 
 
 def _bootstrap(task: str, path: Path, seed: int) -> None:

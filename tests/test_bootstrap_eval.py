@@ -3,13 +3,13 @@
 import json
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 
 from pfrl.bootstrap import BootstrapSpec, bootstrap, make_splits, with_shortcuts
 from pfrl.tasks.io import read_problems
-from pfrl.tasks.synthetic_code import folded_program
+from pfrl.tasks.synthetic_code import CodeDifficulty, folded_program
 
 
 def test_splits_are_disjoint():
@@ -46,6 +46,24 @@ def test_code_shortcuts_fold_their_share_of_the_foldable_programs():
     folded = [s != worked for (_, worked), (_, s) in zip(sft, mixed, strict=True)]
     assert 0.7 < sum(foldable) / len(sft) and 0.55 < sum(folded) / sum(foldable) < 0.65
     assert not any(f and not ok for f, ok in zip(folded, foldable, strict=True))
+
+
+def test_a_cached_bootstrap_from_another_spec_is_rebuilt(tmp_path, monkeypatch):
+    from pfrl import preflight
+    from pfrl.config import load_config
+
+    built = []
+    monkeypatch.setattr(preflight, "_bootstrap", lambda task, path, seed: built.append(task))
+    cfg = load_config(None, [f"model.bootstrap_dir={tmp_path}", "run.task=code"])
+    cached = tmp_path / "tiny-code-seed0" / "pfrl_bootstrap.json"
+    cached.parent.mkdir()
+    spec = asdict(BootstrapSpec())
+    cached.write_text(json.dumps({"spec": {**spec, "math_difficulty": {"min_steps": 9}}}))
+    preflight.resolve_model(cfg)  # only the math difficulty differs: a code model stays
+    assert built == []
+    cached.write_text(json.dumps({"spec": {**spec, "code_difficulty": asdict(CodeDifficulty(max_k=99))}}))
+    preflight.resolve_model(cfg)
+    assert built == ["code"]
 
 
 def test_bootstrap_math_problems_use_the_spec_difficulty():
