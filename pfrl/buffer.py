@@ -72,6 +72,10 @@ class ReplayBuffer:
             self._drop(key, "stale")
         return len(stale)
 
+    def count_older(self, version: int) -> int:
+        """Buffered pairs sampled before `version`."""
+        return sum(p.policy_version < version for p in self._pairs.values())
+
     def take(self, k: int, current_version: int) -> list[PreferencePair]:
         """Remove and return up to k trainable pairs (stale ones are dropped first)."""
         self.drop_stale(current_version)

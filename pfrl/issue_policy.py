@@ -12,6 +12,14 @@ against the learner would make every pair stale k steps after a sync and, with `
 stop the run (nothing trains, so no sync comes). Measured against `published`, fresh samples are
 always trainable and every valid combination makes progress; the learner then trains on pairs at
 most `lag + k - 1` of its own steps old (reported as `buffer/policy_lag`).
+
+How much to put in flight follows from the same bound. Whatever is sampled now carries (at least)
+the published version, and can only be trained by the steps that start before the publication that
+makes it stale: `trainable_steps`. Issuing more than those steps take is sampling pairs to drop
+them. With lag 1 and one sync per step, that is two steps' pairs while the learner waits, but only
+one while it trains (the step in flight took its pairs already and its sync comes next); the old
+rule kept two steps' worth out at all times, and on a model that makes 2-3 pairs per prompt a
+quarter of the pairs arrived two versions old and were dropped (docs/benchmarks.md, bench e2e run 8).
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ class LoopSnapshot:
     stopping: bool
     steps_done: int
     max_steps: int | None
+    sync_every_steps: int = 1
+    expiring: int = 0  # buffered pairs the step in flight's publication makes stale (0 when none is)
 
     @property
     def lockstep(self) -> bool:
@@ -51,16 +61,51 @@ class LoopSnapshot:
         return self.unissued_prompts == 0 and self.inflight_prompts == 0
 
 
+def trainable_steps(s: LoopSnapshot) -> int:
+    """Learner steps, not yet started, that can train a pair sampled now: those that start before
+    the publication that makes it stale. Syncs come after steps k, 2k, ... (`sync.every_steps` k);
+    a pair survives `lag // k` of them, so the last step that may train it is the one ending at
+    the (lag // k + 1)-th sync after the steps done. A step in flight has taken its pairs already.
+    With k = 1: lag + 1 steps while the learner waits, lag while it trains (0 in lockstep)."""
+    k = s.sync_every_steps
+    next_sync = (s.steps_done // k + 1) * k  # the step after which the next publication comes
+    last_step = next_sync + (s.max_policy_lag // k) * k  # the last step the pair can be trained in
+    first_step = s.steps_done + 1 + int(s.learner_busy)
+    return max(0, last_step - first_step + 1)
+
+
 def prompt_deficit(s: LoopSnapshot) -> int:
-    """Prompts to put in flight now: enough for `lag + 1` steps of pairs, counting what is buffered
-    and what the prompts in flight are expected to yield; none while stopping and, in lockstep,
-    none while the policy is changing (each batch is sampled by one version)."""
+    """Prompts to put in flight now: enough pairs for the steps that can still train what is sampled
+    now (`trainable_steps`), counting what is buffered and what the prompts in flight are expected
+    to yield; none while stopping. Lockstep samples one step's pairs, none while the policy is
+    changing (each batch is sampled by one version), whatever `sync.every_steps`."""
     if s.stopping or (s.lockstep and s.learner_busy):
         return 0
     yield_ = max(s.pairs_per_prompt, 0.1)
-    target = min(s.pairs_per_step * (s.max_policy_lag + 1), s.capacity)
-    missing = target - s.buffered - s.inflight_prompts * s.pairs_per_prompt
+    steps = 1 if s.lockstep else trainable_steps(s)
+    target = min(s.pairs_per_step * steps, s.capacity)
+    missing = target - usable_buffered(s) - s.inflight_prompts * s.pairs_per_prompt
     return max(0, math.ceil(missing / yield_))
+
+
+def usable_buffered(s: LoopSnapshot) -> int:
+    """Buffered pairs that a step not yet started can train. The pairs the step in flight's sync
+    makes stale are dropped before any such step: counted, they stood in for pairs the next step
+    then lacked, and the learner waited for a request after every such drop."""
+    return s.buffered - (s.expiring if s.learner_busy else 0)
+
+
+def request_prompts(s: LoopSnapshot, per_request: int) -> int:
+    """Prompts for the next request: the deficit, at most `per_request`. While the learner waits
+    for pairs that nothing in flight will bring, only the prompts its step lacks: a request of 1-2
+    prompts comes back in about half the time of one of 8 (0.2-0.3 s against 0.5 s on the CPU
+    preset), and the learner was waiting that whole time for its last few pairs. The request that
+    follows carries the rest of the deficit."""
+    n = min(per_request, prompt_deficit(s))
+    if s.learner_busy or n == 0:
+        return n
+    short = s.pairs_per_step - usable_buffered(s) - s.inflight_prompts * s.pairs_per_prompt
+    return min(n, math.ceil(short / max(s.pairs_per_prompt, 0.1))) if short > 0 else n
 
 
 def pairs_to_train(s: LoopSnapshot) -> int:

@@ -41,6 +41,7 @@ class RunMeters:
         self._prefix_recent: deque[tuple[int, int, int]] = deque(maxlen=_LABEL_WINDOW)
         self._sync: dict[str, Any] | None = None
         self._lags: list[int] = []
+        self._requests: list[tuple[int, float]] = []  # (prompts, seconds issue to labelled) since the last step
         self._step_start = self._last_step_end = time.time()
 
     def on_labelled(self, group: RolloutGroup, result: LabelledGroup) -> None:
@@ -52,6 +53,18 @@ class RunMeters:
         self._recent.append((result.vote_share, mean_score, len(result.pairs)))
         if result.agree_gt is not None:
             self._agree_gt.append(result.agree_gt)
+
+    def on_request(self, prompts: int, seconds: float) -> None:
+        self._requests.append((prompts, seconds))
+
+    def _request_stats(self) -> dict[str, float]:
+        """rollout/*: how long a request took from issue to its labels, against learner/step_s the
+        figure that says whether requests come back within a step. Absent when none came back."""
+        rows, self._requests = self._requests, []
+        if not rows:
+            return {}
+        return {"rollout/request_s": sum(s for _, s in rows) / len(rows),
+                "rollout/request_prompts": sum(n for n, _ in rows) / len(rows)}
 
     def on_prefixes(self, rollout: PrefixRollout, values: PrefixValues, pairs: int) -> None:
         self.gen_tokens.add(rollout.completion_tokens)
@@ -113,6 +126,7 @@ class RunMeters:
                                   "label/groups_per_s": self.label_groups.rate()}
         record.update(self._label_stats())
         record.update(self._prefix_stats())
+        record.update(self._request_stats())
         record.update(buffer)
         record["buffer/policy_lag"] = max(self._lags) if self._lags else 0
         record["buffer/policy_lag_mean"] = sum(self._lags) / len(self._lags) if self._lags else 0.0

@@ -59,7 +59,9 @@ class RunState:
 
     @property
     def pairs_per_prompt(self) -> float:
-        """Pairs buffered per labelled prompt over the recent ones (1 before any is labelled)."""
+        """Pairs buffered per labelled prompt over the recent ones (1 before any is labelled).
+        Duplicates the buffer refuses do not count: on a confident model a third of the pairs
+        repeat one already seen, and counting them had the loop expect pairs that never came."""
         return sum(self._pair_counts) / len(self._pair_counts) if self._pair_counts else 1.0
 
     def snapshot(self, inflight_prompts: int, learner_busy: bool, stopping: bool) -> LoopSnapshot:
@@ -69,8 +71,16 @@ class RunState:
             capacity=cfg.buffer.capacity, num_learners=cfg.learner.num_learners, buffered=len(self.buffer),
             inflight_prompts=inflight_prompts, unissued_prompts=self.scheduler.unissued(),
             pairs_per_prompt=self.pairs_per_prompt, learner_busy=learner_busy, stopping=stopping,
-            steps_done=self.counters.step, max_steps=cfg.run.max_steps,
+            steps_done=self.counters.step, max_steps=cfg.run.max_steps, sync_every_steps=cfg.sync.every_steps,
+            expiring=self._expiring() if learner_busy else 0,
         )
+
+    def _expiring(self) -> int:
+        """Buffered pairs that go stale when the step in flight publishes its weights (none when it
+        does not publish: sparse syncs)."""
+        if (self.counters.step + 1) % self.cfg.sync.every_steps:
+            return 0
+        return self.buffer.count_older(self.counters.version + 1 - self.cfg.buffer.max_policy_lag)
 
     # -- prompts and pairs -----------------------------------------------------------------
     def account(self, group: RolloutGroup, result: LabelledGroup, pairs: list[PreferencePair]) -> None:
@@ -79,13 +89,15 @@ class RunState:
         pid = group.item.problem.id
         self.meters.on_labelled(group, result)
         self.samples.maybe_write(group, result, self.counters.step)
-        self._pair_counts.append(len(pairs))
         if not pairs:
+            self._pair_counts.append(0)
             entry = self.scheduler.finish(pid)
             self._record(pid, entry.iteration, Outcome.NO_PAIR, 0, result.skipped or "no chosen/rejected pair")
             return
         self.scheduler.buffered(pid, len(pairs))
+        duplicates = self.buffer.drops["duplicate"]
         self.buffer.add(pairs, self.counters.published)
+        self._pair_counts.append(len(pairs) - (self.buffer.drops["duplicate"] - duplicates))
         self.settle_dropped()
 
     def take(self, n: int) -> list[PreferencePair]:

@@ -36,11 +36,52 @@ def test_backpressure_target_scales_with_lag():
     assert issue_policy.prompt_deficit(replace(SNAP, stopping=True)) == 0
 
 
+@pytest.mark.parametrize(("lag", "every", "done", "busy", "steps"), [
+    (1, 1, 0, False, 2),  # the step about to start and the next
+    (1, 1, 0, True, 1),  # the step in flight took its pairs; only the next can train these
+    (0, 1, 3, False, 1), (0, 1, 3, True, 0),  # lockstep: nothing while the policy changes
+    (2, 1, 3, True, 2),
+    (2, 5, 3, False, 2), (2, 5, 3, True, 1), (2, 5, 4, True, 0),  # sparse: stale at the sync after step 5
+    (3, 2, 0, False, 4),  # survives one sync of two steps, not the second
+])
+def test_trainable_steps_follow_the_lag_and_the_syncs(lag, every, done, busy, steps):
+    snap = replace(SNAP, max_policy_lag=lag, sync_every_steps=every, steps_done=done, learner_busy=busy)
+    assert issue_policy.trainable_steps(snap) == steps
+
+
+def test_while_learning_only_the_next_step_is_filled():
+    """bench e2e run 8: 32 pairs a step, 2 pairs a prompt, lag 1. The old target, two steps'
+    pairs at all times, kept 32 prompts out while the learner trained; the second step's worth
+    came back two versions old and was dropped (a quarter of the pairs)."""
+    e2e = replace(SNAP, pairs_per_step=32, capacity=256, unissued_prompts=640, pairs_per_prompt=2.0)
+    assert issue_policy.prompt_deficit(e2e) == 32  # waiting: this step and the next
+    assert issue_policy.prompt_deficit(replace(e2e, learner_busy=True)) == 16  # training: the next only
+    assert issue_policy.prompt_deficit(replace(e2e, learner_busy=True, inflight_prompts=16)) == 0
+
+
+def test_pairs_the_coming_sync_makes_stale_do_not_count_as_buffered():
+    e2e = replace(SNAP, pairs_per_step=32, capacity=256, unissued_prompts=640, pairs_per_prompt=2.0)
+    busy = replace(e2e, learner_busy=True, buffered=30, expiring=24)
+    assert issue_policy.prompt_deficit(busy) == 13  # 32 - (30 - 24) pairs at 2 a prompt
+    assert issue_policy.prompt_deficit(replace(busy, learner_busy=False)) == 17  # waiting: all 30 count
+
+
+def test_a_waiting_learner_gets_a_request_of_only_the_prompts_its_step_lacks():
+    e2e = replace(SNAP, pairs_per_step=32, capacity=256, unissued_prompts=640, pairs_per_prompt=2.0)
+    assert issue_policy.request_prompts(replace(e2e, buffered=28), 8) == 2  # 4 pairs short: 2 prompts, not 8
+    assert issue_policy.request_prompts(replace(e2e, buffered=28, inflight_prompts=2), 8) == 8  # then the rest
+    assert issue_policy.request_prompts(e2e, 8) == 8  # never more than a request
+    lag2 = replace(e2e, max_policy_lag=2, buffered=28)
+    assert issue_policy.request_prompts(replace(lag2, learner_busy=True), 8) == 8  # filling later steps: full
+    assert issue_policy.request_prompts(replace(e2e, stopping=True, buffered=28), 8) == 0
+
+
 def test_lockstep_issues_nothing_while_learning_and_trains_only_complete_batches():
     lock = replace(SNAP, max_policy_lag=0, buffered=4)
     assert issue_policy.pairs_to_train(replace(lock, inflight_prompts=1)) == 0  # a rollout of this version is out
     assert issue_policy.pairs_to_train(lock) == 4
     assert issue_policy.prompt_deficit(replace(lock, buffered=0, learner_busy=True)) == 0
+    assert issue_policy.prompt_deficit(replace(lock, buffered=0, sync_every_steps=2)) == 4  # one step, sparse or not
     assert issue_policy.prompt_deficit(replace(SNAP, learner_busy=True)) > 0  # online: sampling overlaps
 
 
@@ -168,6 +209,31 @@ def test_sparse_syncs_keep_pairs_trainable_until_the_next_publication(tmp_path):
     c.state.counters.published = 5  # a publication makes the old pairs stale as the bound says
     c.state.drop_stale()
     assert len(c.state.buffer) == 0
+
+
+def test_snapshot_counts_pairs_the_step_in_flight_makes_stale(tmp_path):
+    c = make(tmp_path, "buffer.max_policy_lag=1")
+    c.state.counters.version = c.state.counters.published = 3
+    buffer_pairs(c, 2, version=2)  # trainable by the step in flight only
+    buffer_pairs(c, 3, version=3)
+    assert c.state.snapshot(0, learner_busy=True, stopping=False).expiring == 2
+    assert c.state.snapshot(0, learner_busy=False, stopping=False).expiring == 0
+    sparse = make(tmp_path / "sparse", "buffer.max_policy_lag=1", "sync.every_steps=2")
+    buffer_pairs(sparse, 2, version=0)
+    assert sparse.state.snapshot(0, learner_busy=True, stopping=False).expiring == 0  # step 1 publishes nothing
+
+
+def test_pair_yield_leaves_out_duplicates_the_buffer_refuses(tmp_path):
+    from pfrl.types import LabelledGroup, RolloutGroup
+
+    c = make(tmp_path)
+    item = c.state.scheduler.next_items(1)[0]
+    pid = item.problem.id
+    group = RolloutGroup(item, ["a", "a", "b"], [[1], [1], [2]], ["stop"] * 3, 1, 3, 0)
+    result = LabelledGroup(pid, 0, 0, "1", [1.0, 1.0, 0.0], [(0, 2), (1, 2)])
+    same = [PreferencePair(pid, item.problem.prompt, "a", "b", 0)] * 2  # two samples, one pair
+    c.state.account(group, result, same)
+    assert c.state.pairs_per_prompt == 1.0 and len(c.state.buffer) == 1
 
 
 def test_stale_pairs_settle_in_the_ledger(tmp_path):
