@@ -161,3 +161,24 @@ def test_fidelity_bench_end_to_end(boot_math, tmp_path):
     assert run["exit"] == 0 and run["steps"] == 2 and run["pairs"] > 0
     assert "agree_gt" not in run  # the records had no answers to agree with
     assert (tmp_path / "runs" / "fidelity.png").exists()
+
+
+def test_merge_reports_the_arms_of_several_runs(tmp_path, capsys):
+    from pfrl.cli import main
+
+    def arm(v):
+        return {"greedy": [v, v], "maj@8": [v, v], "pass@8": [v, v], "runs": [{"steps": 5, "pairs": 160}] * 2}
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"utc": "t1", "math": {"sft": arm(0.3), "dpo-sc": arm(0.5)}, "meta": {"math": {"steps": 5}}}))
+    second.write_text(json.dumps({"utc": "t2", "math": {"pdpo-gt": arm(0.7), "dpo-sc": arm(0.6)},
+                                  "code": {"sft": arm(0.2)}}))
+    out = tmp_path / "m.json"
+    assert main(["bench", "fidelity", "--merge", str(first), str(second), "--png", str(tmp_path / "m.png"),
+                 "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert list(data["math"]) == ["sft", "dpo-sc", "pdpo-gt"]  # the bench's arm order
+    assert data["math"]["dpo-sc"]["greedy"] == [0.6, 0.6]  # the later file's arm
+    assert data["meta"]["math"]["sft"] == {"from": str(first), "utc": "t1", "steps": 5}
+    assert data["summary"]["code"]["sft"]["greedy"] == [0.2, 0.0]
+    assert (tmp_path / "m.png").stat().st_size > 0 and "pdpo-gt" in capsys.readouterr().out

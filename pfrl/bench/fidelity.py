@@ -90,6 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="Directory for the runs and logs (default: a temp dir).")
     p.add_argument("--png", default=None, help="Write the figure here (default: OUT/fidelity.png).")
     p.add_argument("--timeout", type=float, default=1800, help="Seconds allowed per run.")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="Run nothing: print the table and plot (and with --json write) the arms of these "
+                   "--json files of earlier runs, a later file's arm replacing an earlier one's.")
     add_json_argument(p)
 
 
@@ -349,7 +352,36 @@ def _parse(args: argparse.Namespace) -> tuple[list[str], list[int], dict[str, st
     return tasks, seeds, given
 
 
+def merge(paths: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The per-task arms and meta of several `--json` files, in order (a later arm replaces)."""
+    figures: dict[str, dict[str, Any]] = {}
+    meta: dict[str, Any] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        for task in CONFIGS:
+            for arm, figs in data.get(task, {}).items():
+                figures.setdefault(task, {})[arm] = figs
+                meta.setdefault(task, {})[arm] = {"from": str(path), "utc": data.get("utc"),
+                                                  **data.get("meta", {}).get(task, {})}
+    for task in figures:  # the arms in the bench's own order
+        figures[task] = {a: figures[task][a] for a in TASK_ARMS[task] if a in figures[task]}
+    return figures, meta
+
+
+def _report_merged(args: argparse.Namespace) -> int:
+    figures, meta = merge(args.merge)
+    print(f"fidelity bench, merged from {len(args.merge)} files: held-out %, mean +- sd over seeds")
+    print(table(figures, args.k))
+    png = args.png or "fidelity.png"
+    plot(figures, args.k, png)
+    print(f"wrote {png}")
+    write_json(args.json_out, "fidelity", {**figures, "meta": meta, "summary": summary(figures, args.k), "k": args.k})
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.merge:
+        return _report_merged(args)
     tasks, seeds, given = _parse(args)
     root = Path(args.out or tempfile.mkdtemp(prefix="pfrl-bench-fidelity-"))
     root.mkdir(parents=True, exist_ok=True)
