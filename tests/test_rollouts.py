@@ -24,7 +24,8 @@ from pfrl.types import (
 
 
 class StandInGenerator:
-    """Answers like GeneratorActor; `mode` 'weights' refuses as after a failed swap, 'bug' crashes."""
+    """Answers like GeneratorActor; `mode` 'weights' refuses as after a failed swap, 'bug' crashes,
+    'slow' takes 4 s to sample."""
 
     def __init__(self, mode: str = "ok"):
         self.mode = mode
@@ -39,6 +40,10 @@ class StandInGenerator:
 
     def generate(self, raw: bytes) -> bytes:
         self._check()
+        if self.mode == "slow":
+            import time
+
+            time.sleep(4.0)
         items = decode(raw)
         return encode([RolloutGroup(it, ["a", "b"], [[1], [2]], ["stop"] * 2, 1, 2, policy_version=3) for it in items])
 
@@ -89,6 +94,21 @@ def test_rollouts_and_prefix_requests_become_their_own_events(ray_local):
     (valued,) = _drain(rollouts)
     assert isinstance(valued, PrefixesValued) and valued.held == held
     assert [v.values for v in valued.values] == [[1], [1]] and valued.rollouts[0].completions == [["x", "y"]]
+
+
+def test_poll_hands_back_an_answer_without_waiting_for_the_others(ray_local):
+    """A request's labels reach the loop while another request is still sampling: poll used to wait
+    for every request (or its timeout), holding each answer up to the timeout, twice a request."""
+    rollouts = _requests(ray_local)
+    rollouts.generators.append(ray_local.remote(StandInGenerator).remote("slow"))
+    ray_local.get([a.__ray_ready__.remote() for a in rollouts.generators + rollouts.labellers])
+    rollouts.issue(1, _items(1), version=3)
+    rollouts.issue(0, _items(2), version=3)
+    events: list = []
+    while not events:
+        events = rollouts.poll(5.0)
+    assert isinstance(events[0], Labelled)
+    assert rollouts.sampling(1) == 1  # the slow generator is still sampling
 
 
 def test_a_failed_weight_swap_loses_the_requests_instead_of_ending_the_run(ray_local):
