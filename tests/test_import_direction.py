@@ -55,6 +55,7 @@ LAYERS: dict[str, int] = {
     "pfrl.evaluation": CORE,
     "pfrl.faults": CORE,  # fault-injection points the checkpoint store and the learner thread hold at
     "pfrl.generation": CORE,
+    "pfrl.engine_weights": CORE,
     "pfrl.hub": CORE,
     "pfrl.hub_push": CORE,
     "pfrl.ledger": CORE,

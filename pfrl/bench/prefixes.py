@@ -29,7 +29,8 @@ from pfrl.types import PreferencePair, PrefixRollout, PrefixValues
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="A `pfrl bootstrap --task math` directory (model + data/).")
+    p.add_argument("--model", default=None, help="A `pfrl bootstrap --task math` directory (model + data/); "
+                   "default: the preset's tiny math model, built into model.bootstrap_dir when missing.")
     p.add_argument("--problems", type=int, default=300, help="Train problems to sample (default 300).")
     p.add_argument("--source", default="self_consistency", choices=["self_consistency", "ground_truth"],
                    help="Label source of the groups (default self_consistency).")
@@ -95,31 +96,45 @@ def _references(model: Path, n: int) -> list[tuple[Any, str]]:
     return train[:n]
 
 
-def audit(args: argparse.Namespace) -> PrefixAudit:
-    from pfrl.config import load_config
+def _sample(cfg: Any, model: str, problems: list[Any], source: str) -> list[tuple[Any, PrefixRollout]]:
+    """Through the engine and the math labeller: the labelled groups that pDPO would value, with
+    the engine's completions of their prefixes."""
     from pfrl.feedback.answers import AnswerJudge
-    from pfrl.feedback.math_label import label_math, prefix_values
-    from pfrl.feedback.pairs import PairRule, pair_rng
-    from pfrl.feedback.steps import max_prefix_pairs, prefix_batch, prefix_pairs, wants_prefixes
+    from pfrl.feedback.math_label import label_math
+    from pfrl.feedback.pairs import PairRule
+    from pfrl.feedback.steps import prefix_batch, wants_prefixes
     from pfrl.generation import GeneratorEngine
     from pfrl.types import PromptItem
 
-    cfg = load_config(args.config, [f"model.path={args.model}", "labeller.step_pairs.ratio=1.0"])
-    train = _references(Path(args.model), args.problems)
-    engine = GeneratorEngine(args.model, cfg.generator, cfg.model, cfg.sync, seed=cfg.run.seed)
-    judge, rule = AnswerJudge(cfg.labeller.verify_timeout_s), PairRule.of(cfg.labeller, cfg.labeller.plan(1).pair_strategy, args.source)
+    judge = AnswerJudge(cfg.labeller.verify_timeout_s)
+    rule = PairRule.of(cfg.labeller, cfg.labeller.plan(1).pair_strategy, source)
+    engine = GeneratorEngine(model, cfg.generator, cfg.model, cfg.sync, seed=cfg.run.seed)
     try:
-        print(f"sampling {len(train)} problems x {cfg.generator.n_samples}", flush=True)
-        groups = engine.generate([PromptItem(p, 0) for p, _ in train])
-        labelled = [(g, label_math(g, args.source, rule, judge, cfg.labeller, cfg.run.seed)) for g in groups]
+        print(f"sampling {len(problems)} problems x {cfg.generator.n_samples}", flush=True)
+        groups = engine.generate([PromptItem(p, 0) for p in problems])
+        labelled = [(g, label_math(g, source, rule, judge, cfg.labeller, cfg.run.seed)) for g in groups]
         held = [(g, r) for g, r in labelled if wants_prefixes(g, r, len(r.pairs), 1.0)]
         print(f"{len(held)} groups kept with pairs; completing their prefixes", flush=True)
         rollouts = engine.complete_prefixes([prefix_batch(g, r, cfg.labeller.step_pairs) for g, r in held])
     finally:
         engine.shutdown()
+    return [(r, rollout) for (_, r), rollout in zip(held, rollouts, strict=True)]
+
+
+def audit(args: argparse.Namespace) -> PrefixAudit:
+    from pfrl.config import load_config
+    from pfrl.feedback.answers import AnswerJudge
+    from pfrl.feedback.math_label import prefix_values
+    from pfrl.feedback.pairs import pair_rng
+    from pfrl.feedback.steps import max_prefix_pairs, prefix_pairs
+    from pfrl.preflight import resolve_model
+
+    model = args.model or resolve_model(load_config(args.config, ["run.task=math"]))
+    cfg = load_config(args.config, [f"model.path={model}", "labeller.step_pairs.ratio=1.0"])
+    train = _references(Path(model), args.problems)
     refs = {p.id: (solution, p.answer) for p, solution in train}
-    out = PrefixAudit()
-    for (_, result), rollout in zip(held, rollouts, strict=True):
+    judge, out = AnswerJudge(cfg.labeller.verify_timeout_s), PrefixAudit()
+    for result, rollout in _sample(cfg, model, [p for p, _ in train], args.source):
         values = prefix_values(rollout, judge)
         cap = max_prefix_pairs(1.0, len(result.pairs))
         pairs = prefix_pairs(rollout, values, cap, pair_rng(cfg.run.seed, result.prompt_id))
