@@ -7,6 +7,7 @@ One loop on the main thread drives the parts, each the single owner of its state
 * `issue_policy` (pure functions): how many prompts to issue, how many pairs to train, how long
   the iteration's lr schedule is;
 * `RolloutRequests` (pfrl/rollouts.py): generation and labelling requests in flight on the actors;
+* `PairIntake` (pfrl/pair_intake.py): labelled groups into the buffer, held for prefix values (pDPO);
 * `GeneratorPool` (pfrl/generator_pool.py): each generator READY at a version or BLANK after a restart;
 * `LearnerThread` (pfrl/learner_thread.py): DPO steps and weight syncs on a background thread,
   whose results this loop applies.
@@ -28,10 +29,10 @@ from pfrl.errors import RunFailed, SyncError
 from pfrl.feedback import isolation
 from pfrl.generator_pool import GeneratorPool
 from pfrl.learner_thread import LearnerThread, StepResult
+from pfrl.pair_intake import PairIntake
 from pfrl.preflight import RunInputs
 from pfrl.rollouts import (
     GeneratorLost,
-    Held,
     Labelled,
     LabellerLost,
     OlderWeights,
@@ -57,6 +58,7 @@ class Controller:
         self.run_dir = state.run_dir
         self.learner_group = learner_group  # checkpoints, reference refresh, the final model
         self.pool, self.rollouts, self.learner = pool, rollouts, learner
+        self.intake = PairIntake(cfg, state, pool, rollouts)
         self.stop_requested = False
         self.all_done = False
 
@@ -132,9 +134,9 @@ class Controller:
         for event in self.rollouts.poll(_POLL_S):
             if isinstance(event, Labelled):
                 self.state.meters.on_request(len(event.request.items), time.time() - event.request.issued_at)
-                self._on_labelled(event)
+                self.intake.on_labelled(event)
             elif isinstance(event, PrefixesValued):
-                self._on_prefixes_valued(event)
+                self.intake.on_prefixes_valued(event)
             elif isinstance(event, GeneratorLost):
                 self._on_generator_lost(event)
             elif isinstance(event, OlderWeights):
@@ -143,49 +145,6 @@ class Controller:
             elif isinstance(event, LabellerLost):
                 self.state.counters.labeller_restarts += 1
                 console.print(f"[yellow]labeller {event.labeller} died; its groups are labelled again")
-
-    def _on_labelled(self, event: Labelled) -> None:
-        """Each current group's pairs go to the buffer, or wait for its prefix values (pDPO)."""
-        from pfrl.feedback.pairs import build_pairs
-        from pfrl.feedback.steps import wants_prefixes
-
-        held: list[Held] = []
-        for group, result in zip(event.groups, event.results, strict=True):
-            if not self.state.scheduler.is_current(group.item):
-                continue
-            pairs = build_pairs(group, result, self.cfg.labeller)
-            if wants_prefixes(group, result, len(pairs), self.cfg.labeller.plan(group.item.iteration).step_pair_ratio):
-                held.append(Held(group, result, pairs))
-            else:
-                self.state.account(group, result, pairs)
-        if held:
-            self._issue_prefixes(held)
-
-    def _issue_prefixes(self, held: list[Held]) -> None:
-        """To the least busy ready generator; with none ready (all restarting), the groups keep
-        their whole-solution pairs only."""
-        from pfrl.feedback.steps import prefix_batch
-
-        ready = self.pool.ready()
-        if not ready:
-            for h in held:
-                self.state.account(h.group, h.result, h.pairs)
-            return
-        g = min(ready, key=self.rollouts.sampling)
-        batches = [prefix_batch(h.group, h.result, self.cfg.labeller.step_pairs) for h in held]
-        self.rollouts.issue_prefixes(g, held, batches, self.pool.states[g].version)
-
-    def _on_prefixes_valued(self, event: PrefixesValued) -> None:
-        from pfrl.feedback.pairs import pair_rng
-        from pfrl.feedback.steps import max_prefix_pairs, prefix_pairs
-
-        for h, rollout, values in zip(event.held, event.rollouts, event.values, strict=True):
-            if not self.state.scheduler.is_current(h.group.item):
-                continue
-            cap = max_prefix_pairs(self.cfg.labeller.plan(h.group.item.iteration).step_pair_ratio, len(h.pairs))
-            extra = prefix_pairs(rollout, values, cap, pair_rng(self.cfg.run.seed, h.result.prompt_id))
-            self.state.meters.on_prefixes(rollout, values, len(extra))
-            self.state.account(h.group, h.result, h.pairs + extra)
 
     # -- generator faults ------------------------------------------------------------------
     def _on_generator_lost(self, event: GeneratorLost) -> None:

@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "pfrl.generator_pool": DRIVER,
     "pfrl.learner_thread": DRIVER,
     "pfrl.rollouts": DRIVER,
+    "pfrl.pair_intake": DRIVER,
     "pfrl.run_state": DRIVER,
     "pfrl.samples": DRIVER,  # the run's samples.jsonl, written by the controller's run state
     "pfrl.fleet": DRIVER,
