@@ -42,10 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class PrefixAudit:
     """Counts over the audited groups (pure: filled by `add`, tested on hand-built rollouts)."""
 
-    pairs: Counter = field(default_factory=Counter)  # (chosen correct, rejected correct, label right) -> n
+    # (chosen correct, rejected correct, label right, the group's vote share or None) -> pairs
+    pairs: Counter = field(default_factory=Counter)
     values: dict[bool, Counter] = field(default_factory=lambda: {True: Counter(), False: Counter()})
-    # vote share of the group (None: a given label) -> [pairs the right way round, inverted, all]
-    by_vote_share: dict[float | None, list[int]] = field(default_factory=dict)
+    shares: set[float | None] = field(default_factory=set)  # of every audited group, pairs or not
     groups: int = 0
     wrong_label_groups: int = 0
 
@@ -56,29 +56,33 @@ class PrefixAudit:
         self.wrong_label_groups += not label_right
         for text, value in zip(rollout.prefix_texts, values.values, strict=True):
             self.values[reference.startswith(text)][value] += 1
-        share = self.by_vote_share.setdefault(None if vote_share is None else round(vote_share, 3), [0, 0, 0])
+        share = None if vote_share is None else round(vote_share, 3)
+        self.shares.add(share)
         for pair in pairs:
-            chosen_ok, rejected_ok = reference.startswith(pair.chosen), reference.startswith(pair.rejected)
-            self.pairs[(chosen_ok, rejected_ok, label_right)] += 1
-            share[0] += chosen_ok and not rejected_ok
-            share[1] += rejected_ok and not chosen_ok
-            share[2] += 1
+            self.pairs[(reference.startswith(pair.chosen), reference.startswith(pair.rejected), label_right, share)] += 1
 
     def summary(self) -> dict[str, Any]:
-        total = sum(self.pairs.values())
-        right_way = sum(n for (c, r, _), n in self.pairs.items() if c and not r)
-        inverted = sum(n for (c, r, _), n in self.pairs.items() if r and not c)
-        from_wrong = sum(n for (_, _, ok), n in self.pairs.items() if not ok)
+        items = list(self.pairs.items())
+        kinds: Counter = Counter()
+        for (c, r, ok, _), n in items:
+            kinds[(c, r, ok)] += n
+        shares = sorted(self.shares, key=lambda v: v or 0.0)
         return {
-            "groups": self.groups, "wrong_label_groups": self.wrong_label_groups, "pairs": total,
-            "right_way": right_way, "inverted": inverted, "pairs_from_wrong_labels": from_wrong,
+            "groups": self.groups, "wrong_label_groups": self.wrong_label_groups, **_tally(items),
+            "pairs_from_wrong_labels": sum(n for (_, _, ok, _), n in items if not ok),
             "by_kind": {f"chosen_{'ok' if c else 'bad'}/rejected_{'ok' if r else 'bad'}/label_{'right' if ok else 'wrong'}": n
-                        for (c, r, ok), n in sorted(self.pairs.items(), reverse=True)},
+                        for (c, r, ok), n in sorted(kinds.items(), reverse=True)},
             "values_correct_prefix": dict(sorted(self.values[True].items())),
             "values_wrong_prefix": dict(sorted(self.values[False].items())),
-            "by_vote_share": {str(k): {"right_way": v[0], "inverted": v[1], "pairs": v[2]}
-                              for k, v in sorted(self.by_vote_share.items(), key=lambda kv: kv[0] or 0.0)},
+            "by_vote_share": {str(v): _tally([(k, n) for k, n in items if k[3] == v]) for v in shares},
         }
+
+
+def _tally(items: list[tuple[tuple, int]]) -> dict[str, int]:
+    """Pairs with a correct chosen over a wrong rejected prefix, the reverse, and all of them."""
+    return {"right_way": sum(n for (c, r, *_), n in items if c and not r),
+            "inverted": sum(n for (c, r, *_), n in items if r and not c),
+            "pairs": sum(n for _, n in items)}
 
 
 def _references(model: Path, n: int) -> list[tuple[Any, str]]:
