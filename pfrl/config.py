@@ -441,6 +441,15 @@ class SyncSection(Section):
         "answers the learner, and swaps them in before its next engine call (one extra model copy in host memory); "
         "false: the weights are received inside the swap, after the engine call in flight."
     )
+    shm_ring: bool = Field(
+        True, description="zmq: receivers on the learner's host (a marker file each creates in /dev/shm proves it) "
+        "get each bucket through a ring of shared-memory slots, copied once by the learner, instead of over TCP; "
+        "others, and any bucket larger than a slot, get frames. Costs shm_slots x bucket_mb of /dev/shm in the learner."
+    )
+    shm_slots: int = Field(
+        4, ge=2, description="Slots of that ring, one bucket each: the learner fills free slots while receivers read "
+        "others (fewer than 4 makes receivers copy buckets out of their slots more often)."
+    )
 
 
 class CheckpointSection(Section):

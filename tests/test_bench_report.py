@@ -56,11 +56,12 @@ def test_sandbox_bench_writes_its_ratio(tmp_path):
 
 def test_sync_bench_writes_zmq_vs_copy(tmp_path):
     out = tmp_path / "sync.json"
-    assert main(["bench", "sync", "--size-mb", "1", "--repeats", "1", "--transports", "zmq",
+    assert main(["bench", "sync", "--size-mb", "1", "--repeats", "1", "--transports", "zmq,zmq_frames",
                  "--json", str(out)]) == 0
     record = json.loads(out.read_text())
-    assert record["bench"] == "sync" and 0 < record["zmq_vs_copy"]
+    assert record["bench"] == "sync" and 0 < record["zmq_vs_copy"] and 0 < record["zmq_frames_vs_copy"]
     assert record["copy_gb_per_s"] > 0 and record["zmq_ms"] > 0 and record["receivers"] == 1
+    assert record["shm_ring"] is True and record["shm_slots"] == 4  # `zmq` went through the ring
 
 
 def test_sync_bench_measures_each_bucket_size_in_one_run(tmp_path):

@@ -61,6 +61,7 @@ def test_dry_run_prints_resolved_config(capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["learner"]["beta"] == 0.5
     assert printed["sync"]["bucket_mb"] == 64.0  # a schema default, filled in
+    assert printed["sync"]["shm_ring"] is True and printed["sync"]["shm_slots"] == 4
 
 
 @pytest.mark.parametrize(

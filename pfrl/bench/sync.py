@@ -6,6 +6,9 @@ version in `sync.bucket_mb` buckets. Receivers run in separate processes (as vLL
 copy every tensor into a preallocated destination, the same final write `load_weights` does, so
 each transport is measured from the first byte sent to the last byte in place at every receiver
 (`zmq_staged`: to the last byte held in the receiver's memory, what a staged sync waits for).
+Receivers are on this host, so `zmq` and `zmq_staged` go through the shared-memory ring when
+`sync.shm_ring` is on (the default); `zmq_frames` is ZMQ with the ring off, frames over TCP, as a
+receiver on another host gets them.
 The baseline copies the same tensors into such a destination within one process. Group setup and a
 warm-up version are untimed; the best of `--repeats` rounds is reported. Figures are printed,
 never asserted. Copies run on one thread everywhere (one stream, like one receiver's).
@@ -22,6 +25,7 @@ from typing import Any
 from pfrl.bench.report import add_json_argument, write_json
 
 TENSOR_MB = 4
+ZMQ_TRANSPORTS = ("zmq", "zmq_frames", "zmq_staged")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,9 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=3, help="Timed rounds per transport; the best counts.")
     p.add_argument(
         "--transports",
-        default="zmq,collective",
-        help="Comma-separated: zmq, collective, zmq_staged (ZMQ into a receiver that only holds the bytes, "
-        "what a staged sync waits for: `sync.staged`; the copy into place happens later, at the swap).",
+        default="zmq,zmq_frames,collective",
+        help="Comma-separated: zmq (through the shared-memory ring when sync.shm_ring is on), zmq_frames "
+        "(ZMQ frames over TCP, the ring off), collective, zmq_staged (ZMQ into a receiver that only holds the "
+        "bytes, what a staged sync waits for: `sync.staged`; the copy into place happens later, at the swap).",
     )
     p.add_argument(
         "--bucket-mb",
@@ -70,7 +75,7 @@ def _receiver(transport: str, spec: dict, rank: int, rounds: int, sizes: list[in
     from pfrl.transport.zmq_weights import ZmqWeightReceiver
 
     dest = [torch.empty(n) for n in sizes]
-    zmq_rx = ZmqWeightReceiver("127.0.0.1") if transport in ("zmq", "zmq_staged") else None
+    zmq_rx = ZmqWeightReceiver("127.0.0.1") if transport in ZMQ_TRANSPORTS else None
     q.put(("ready", rank, zmq_rx.addr if zmq_rx else None))
     pg = collective.join(collective.GroupSpec(**spec), rank, 120.0) if transport == "collective" else None
     for version in range(rounds):
@@ -116,17 +121,18 @@ def _start_receivers(transport: str, n: int, rounds: int, sizes: list[int]) -> t
     return procs, q, {"spec": spec, "store": store, "addrs": [a for _, a in addrs]}
 
 
-def _sender_spec(transport: str, setup: dict, bucket_bytes: int):
+def _sender_spec(transport: str, setup: dict, bucket_bytes: int, shm_slots: int):
     from pfrl.transport.collective import GroupSpec
     from pfrl.transport.weights import SenderSpec
 
-    if transport in ("zmq", "zmq_staged"):
-        return SenderSpec("zmq", bucket_bytes, 120.0, setup["addrs"])
+    if transport in ZMQ_TRANSPORTS:
+        slots = 0 if transport == "zmq_frames" else shm_slots
+        return SenderSpec("zmq", bucket_bytes, 120.0, setup["addrs"], shm_slots=slots)
     return SenderSpec("collective", bucket_bytes, 120.0, group=GroupSpec(**setup["spec"]))
 
 
 def _transport_seconds(
-    transport: str, payload: list, receivers: int, repeats: int, bucket_bytes: int
+    transport: str, payload: list, receivers: int, repeats: int, bucket_bytes: int, shm_slots: int
 ) -> float:
     """Best time to get the whole payload into place at every receiver."""
     from pfrl.transport.buckets import split_buckets
@@ -134,7 +140,7 @@ def _transport_seconds(
 
     sizes = [t.numel() for _, t in payload]
     procs, q, setup = _start_receivers(transport, receivers, repeats + 1, sizes)
-    spec = _sender_spec(transport, setup, bucket_bytes)
+    spec = _sender_spec(transport, setup, bucket_bytes, shm_slots)
     best = float("inf")
     try:
         for version in range(repeats + 1):  # version 0 warms up (and forms the group)
@@ -172,8 +178,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     transports = [t.strip() for t in args.transports.split(",") if t.strip()]
-    if unknown := set(transports) - {"zmq", "zmq_staged", "collective"}:
-        raise UserError(f"--transports: unknown {sorted(unknown)} (zmq, zmq_staged, collective)")
+    if unknown := set(transports) - {*ZMQ_TRANSPORTS, "collective"}:
+        raise UserError(f"--transports: unknown {sorted(unknown)} (zmq, zmq_frames, zmq_staged, collective)")
     if args.size_mb <= 0 or args.receivers < 1 or args.repeats < 1:
         raise UserError("--size-mb, --receivers and --repeats must be positive")
     try:
@@ -191,20 +197,32 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"  in-memory copy     : {base:8.2f} GB/s")
     figures: dict[str, Any] = {
-        "size_mb": nbytes / 2**20, "bucket_mb": sizes[0], "receivers": args.receivers,
-        "repeats": args.repeats, "copy_gb_per_s": base,
+        "size_mb": nbytes / 2**20,
+        "bucket_mb": sizes[0],
+        "receivers": args.receivers,
+        "repeats": args.repeats,
+        "copy_gb_per_s": base,
+        "shm_ring": cfg.sync.shm_ring,
+        "shm_slots": cfg.sync.shm_slots,
     }
+    shm_slots = cfg.sync.shm_slots if cfg.sync.shm_ring else 0
     by_bucket: dict[str, dict[str, float]] = {}
     for size in sizes:
         row: dict[str, float] = {}
         for transport in transports:
-            secs = _transport_seconds(transport, payload, args.receivers, args.repeats, int(size * 2**20))
+            secs = _transport_seconds(
+                transport, payload, args.receivers, args.repeats, int(size * 2**20), shm_slots
+            )
             gbps = nbytes / secs / 1e9
             label = {"collective": "collective (gloo)"}.get(transport, transport) + f" {size:g} MB"
             print(
                 f"  {label:<19}: {gbps:8.2f} GB/s  ({secs * 1000:.0f} ms per sync, ratio to copy {gbps / base:.3f})"
             )
-            row |= {f"{transport}_gb_per_s": gbps, f"{transport}_ms": secs * 1000, f"{transport}_vs_copy": gbps / base}
+            row |= {
+                f"{transport}_gb_per_s": gbps,
+                f"{transport}_ms": secs * 1000,
+                f"{transport}_vs_copy": gbps / base,
+            }
         by_bucket[f"{size:g}"] = row
     figures |= by_bucket[f"{sizes[0]:g}"]
     if len(sizes) > 1:

@@ -6,7 +6,8 @@ bytes, never a pickle. Both transports share this framing:
 - the collective transport sends one flat byte buffer per bucket; `TensorMeta.offset` is where each
   tensor starts in it (aligned, so every slice can be viewed as its dtype without a copy);
 - the ZMQ transport sends one frame per tensor, in header order (offsets still describe the same
-  flat layout, so the two are interchangeable).
+  flat layout, so the two are interchangeable), or, to a receiver on its own host, the flat layout
+  inside a shared-memory slot (pfrl/transport/shm_ring.py).
 
 A stream of buckets for one version ends with an *end marker*: a header with no tensors whose
 `bucket` equals `num_buckets`, the count of data buckets sent. Data buckets carry `num_buckets=0`
@@ -88,12 +89,17 @@ def payload_bytes(meta: WeightsMeta) -> int:
     return sum(t.nbytes for t in meta.tensors)
 
 
-def pack(meta: WeightsMeta, bucket: Named, device: torch.device | str) -> torch.Tensor:
-    """The bucket's flat byte buffer on `device` (one copy of each tensor)."""
-    flat = torch.empty(flat_size(meta), dtype=torch.uint8, device=device)
+def pack_into(meta: WeightsMeta, bucket: Named, flat: torch.Tensor) -> torch.Tensor:
+    """Copy every tensor of a bucket into `flat`, a uint8 buffer of at least `flat_size(meta)`
+    bytes, at the header's offsets (one copy each, from whatever device the tensor is on)."""
     for tm, (_, t) in zip(meta.tensors, bucket, strict=True):
         flat[tm.offset : tm.offset + tm.nbytes].copy_(as_bytes(t))
     return flat
+
+
+def pack(meta: WeightsMeta, bucket: Named, device: torch.device | str) -> torch.Tensor:
+    """The bucket's flat byte buffer on `device` (one copy of each tensor)."""
+    return pack_into(meta, bucket, torch.empty(flat_size(meta), dtype=torch.uint8, device=device))
 
 
 def view(tm: TensorMeta, raw: torch.Tensor) -> torch.Tensor:

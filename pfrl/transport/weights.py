@@ -5,7 +5,9 @@ generator receives them (in its worker extension, `pfrl.transport.vllm_worker`) 
 with the model's `load_weights`, then reports the version it serves. Transports:
 
 - `collective`: broadcast over a dedicated process group (NCCL on GPUs, gloo on CPU);
-- `zmq`: msgpack header + raw frames over ZMQ, for CPU, across nodes, and where no group forms.
+- `zmq`: msgpack header + raw frames over ZMQ, for CPU, across nodes, and where no group forms; to
+  receivers on the learner's own host, through a shared-memory ring (`sync.shm_ring`,
+  pfrl/transport/shm_ring.py).
 
 `sync_weights` runs the handshake (see docs/generation.md):
   1. `gen.prepare_sync(transport)` on every generator -> `ReceiverInfo` (no engine access);
@@ -47,6 +49,7 @@ class SenderSpec:
     timeout_s: float
     zmq_addrs: list[str] = field(default_factory=list)
     group: GroupSpec | None = None
+    shm_slots: int = 0  # zmq: slots of the shared-memory ring for same-host receivers (0: frames only)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -54,7 +57,7 @@ class SenderSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SenderSpec:
         group = GroupSpec(**d["group"]) if d["group"] is not None else None
-        return cls(d["transport"], d["bucket_bytes"], d["timeout_s"], list(d["zmq_addrs"]), group)
+        return cls(**{**d, "zmq_addrs": list(d["zmq_addrs"]), "group": group})
 
 
 @dataclass(slots=True)
@@ -127,7 +130,7 @@ def send_weights(spec: SenderSpec, version: int, buckets: Iterable[Named]) -> Se
     if spec.transport == "zmq":
         from pfrl.transport.zmq_weights import ZmqWeightSender
 
-        sender = ZmqWeightSender(spec.zmq_addrs, spec.timeout_s)
+        sender = ZmqWeightSender(spec.zmq_addrs, spec.timeout_s, spec.shm_slots, spec.bucket_bytes)
         try:
             count, nbytes = sender.send(version, buckets)
         finally:
@@ -184,14 +187,15 @@ class WeightSync:
         self.last_transport = transport
         bucket_bytes = int(cfg.bucket_mb * 2**20)
         if transport == "zmq":
+            shm = cfg.shm_slots if cfg.shm_ring else 0
             if cfg.staged and all(i.stage_addr for i in infos):
                 # One stream per generator, into its process, while its engine keeps sampling.
                 staged = [i.stage_addr for i in infos if i.stage_addr]
                 recv = [ReceiverSpec("zmq", cfg.timeout_s, staged=True) for _ in infos]
-                return SenderSpec("zmq", bucket_bytes, cfg.timeout_s, staged), recv
+                return SenderSpec("zmq", bucket_bytes, cfg.timeout_s, staged, shm_slots=shm), recv
             addrs = [a for i in infos for a in i.zmq_addrs]
             recv = [ReceiverSpec("zmq", cfg.timeout_s) for _ in infos]
-            return SenderSpec("zmq", bucket_bytes, cfg.timeout_s, addrs), recv
+            return SenderSpec("zmq", bucket_bytes, cfg.timeout_s, addrs, shm_slots=shm), recv
         workers = [len(i.zmq_addrs) for i in infos]
         backend = "nccl" if infos[0].device == "cuda" else "gloo"
         group = self._group_for(infos, workers, backend)
@@ -221,7 +225,9 @@ def _run_once(
     try:
         answers = ray.get([g.prepare_sync.remote(cfg.transport) for g in gens], timeout=cfg.timeout_s)
     except Exception as e:  # a generator died or hangs: the caller decides whether the run survives
-        raise SyncError(f"weight sync of version {version}: a generator did not answer prepare_sync: {e}") from e
+        raise SyncError(
+            f"weight sync of version {version}: a generator did not answer prepare_sync: {e}"
+        ) from e
     infos = [ReceiverInfo.from_dict(d) for d in answers]
     sender, receivers = state.plan(infos, cfg)
     pub = learner.publish_weights.remote(version, sender.to_dict())
