@@ -18,7 +18,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.learner import LearnerActor
 from pfrl.config import PfrlConfig
-from pfrl.errors import UserError
+from pfrl.errors import RunFailed, UserError
 from pfrl.types import PreferencePair, encode
 
 # Summed over ranks; the rest are pair-weighted means, except these taken from rank 0 / the slowest.
@@ -125,7 +125,15 @@ class LearnerGroup:
             ray.get(self.rank0.set_peers.remote(self.actors[1:]))
 
     def _all(self, method: str, *args) -> list:
-        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+        return self._get([getattr(a, method).remote(*args) for a in self.actors], method)
+
+    def _get(self, refs: list, method: str) -> list:
+        """A rank that died is the end of the run, whichever call noticed it (a checkpoint, the
+        final save...): say so as RunFailed, so the run records its state and resume hint."""
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayActorError as e:
+            raise RunFailed(f"a learner rank died during {method}: {e}") from None
 
     def train_step(self, pairs: Sequence[PreferencePair], lr: float | None = None) -> dict[str, float]:
         """One optimizer step over the global batch `pairs` (at least one pair per rank) at `lr`."""
@@ -133,7 +141,7 @@ class LearnerGroup:
             raise ValueError(f"{len(pairs)} pairs cannot feed {self.world_size} learner ranks")
         shares = [encode(list(pairs[r :: self.world_size])) for r in range(self.world_size)]
         refs = [a.train_step.remote(s, lr) for a, s in zip(self.actors, shares, strict=True)]
-        return merge_metrics(ray.get(refs))
+        return merge_metrics(self._get(refs, "train_step"))
 
     def refresh_reference(self) -> None:
         self._all("refresh_reference")

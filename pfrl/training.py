@@ -117,5 +117,8 @@ def train(cfg: PfrlConfig, resume: bool = False) -> int:
         write_run_state(session.run_dir, "failed", session.state.counters.step, str(e))
         console.print(f"[red]run failed: {e} ({where})")
         return 1
+    except Exception as e:  # a bug: the traceback follows, but state.json must not say "running"
+        write_run_state(session.run_dir, "failed", session.state.counters.step, f"{type(e).__name__}: {e}")
+        raise
     finally:
         session.shutdown()

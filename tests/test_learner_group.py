@@ -9,6 +9,7 @@ own micro-batch, so one rank runs a zero-weight pass to match its peer's number 
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -123,3 +124,28 @@ def check_refresh_and_checkpoint(group, pairs, ckpt_dir) -> None:
     again = group.train_step(pairs[8:])
     for key in (*KEYS, "learner/lr"):
         assert again[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
+
+
+def test_a_dead_rank_fails_the_run_whichever_call_notices(ray_local, tmp_path):
+    """The chaos bench once killed the learner during a checkpoint: the Ray error escaped as a
+    traceback and state.json kept saying "running". Every group call must turn it into RunFailed."""
+    from pfrl.errors import RunFailed
+    from pfrl.learner_group import LearnerGroup
+
+    @ray_local.remote(num_cpus=0, max_restarts=0)
+    class Rank:
+        def save_checkpoint(self, ckpt_dir: str, tag: str) -> str:
+            if tag == "step4":
+                os._exit(1)  # killed mid-write (ray.kill would race with the call)
+            return tag
+
+        def refresh_reference(self) -> None:
+            return None
+
+    group = LearnerGroup.__new__(LearnerGroup)  # the calls only, over a stand-in rank
+    group.actors = [Rank.remote()]
+    group.save_checkpoint(str(tmp_path), "step2")
+    with pytest.raises(RunFailed, match="learner rank died during save_checkpoint"):
+        group.save_checkpoint(str(tmp_path), "step4")
+    with pytest.raises(RunFailed, match="learner rank died during refresh_reference"):
+        group.refresh_reference()

@@ -6,7 +6,7 @@ import pytest
 
 from pfrl.checkpoint import CheckpointStore, CheckpointWriteError
 from pfrl.config import PfrlConfig, load_config
-from pfrl.errors import UserError
+from pfrl.errors import RunFailed, UserError
 from pfrl.ledger import Ledger, LedgerLine, audit, read_ledger
 from pfrl.metrics import JsonlSink, RateMeter, read_metrics
 from pfrl.scheduler import PromptScheduler, make_splits
@@ -170,3 +170,35 @@ def test_wandb_resume_continues_the_same_run(tmp_path, monkeypatch):
     WandbSink("proj", tmp_path, {}).close()  # the resumed run
     assert [kw["id"] for kw in inits] == ["abc123", "abc123"]
     assert all(kw["resume"] == "allow" and kw["project"] == "proj" for kw in inits)
+
+
+@pytest.mark.parametrize("error, code", [(RunFailed("learner died"), 1), (ValueError("a bug"), None)])
+def test_a_failing_run_records_failed_whatever_the_error(tmp_path, monkeypatch, error, code):
+    """RunFailed ends with exit 1 and the resume hint; any other error still propagates (a bug's
+    traceback) but state.json must not keep saying "running"."""
+    from pfrl import training
+
+    class Session:
+        def __init__(self, cfg, inputs, resume):
+            self.run_dir = tmp_path
+            self.state = type("S", (), {"counters": type("C", (), {"step": 3})()})()
+            self.store = CheckpointStore(tmp_path, 2)
+            self.closed = False
+
+        def start(self):
+            raise error
+
+        def shutdown(self):
+            type(self).closed = True
+
+    monkeypatch.setattr(training, "check_inputs", lambda cfg: None)
+    monkeypatch.setattr(training, "RunSession", Session)
+    cfg = load_config(None, [f"run.dir={tmp_path}"])
+    if code is None:
+        with pytest.raises(ValueError):
+            training.train(cfg)
+    else:
+        assert training.train(cfg) == code
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["state"] == "failed" and state["step"] == 3 and str(error) in state["detail"]
+    assert Session.closed
