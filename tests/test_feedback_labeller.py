@@ -161,7 +161,8 @@ def test_the_schedule_picks_source_and_pairs_per_iteration():
     ]})
     problem, solution = synthetic_math.generate(1, seed=7)[0]
     ref = dataclasses.replace(problem, reference=problem.answer)
-    completions = [solution] * 5 + [wrong_math(solution, 1)] * 3
+    # five distinct right texts: all_chosen never pairs the same two texts twice
+    completions = [solution + " " * i for i in range(5)] + [wrong_math(solution, 1)] * 3
     with Labeller("math", cfg, seed=0) as lab:
         first = lab.label(group(ref, completions, iteration=0))
         later = [lab.label(group(ref, completions, iteration=i)) for i in (1, 4)]
@@ -248,7 +249,8 @@ def test_code_margin_counts_kept_test_cases():
     cfg = code_cfg(margin={"reference": 1}, max_pairs_per_prompt=None)
     with Labeller("code", cfg, seed=0) as lab:
         ref = lab.label(group(written, completions))
-    assert ref.pairs == [(0, 3), (0, 4), (1, 3), (1, 4), (2, 3), (2, 4), (4, 3)]
+    # the three right programs are one text: its pairs once each (the buffer refuses repeats anyway)
+    assert ref.pairs == [(0, 3), (0, 4), (4, 3)]
 
 
 def test_code_reference_program_supplies_expected_outputs(code_labeller):

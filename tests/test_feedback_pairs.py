@@ -47,6 +47,42 @@ def test_all_chosen_pairs_every_right_answer_up_to_the_cap(scores):
         assert pairs == []
 
 
+texts = st.lists(st.tuples(st.sampled_from([0.0, 1.0]), st.sampled_from("abc")), min_size=1, max_size=12)
+
+
+@given(texts)
+def test_all_chosen_never_repeats_two_texts(samples):
+    """A chosen text sampled m times gets min(m, distinct rejected texts) pairs, each with another
+    rejected text; with no texts given every sample counts as distinct (the old draw, unchanged)."""
+    scores = [s for s, _ in samples]
+    keys = [("right-" if s else "wrong-") + t for s, t in samples]
+    pairs = select_pairs(scores, rule("all_chosen", max_pairs=None), pair_rng(0, "p"), keys=keys)
+    text_pairs = [(keys[c], keys[r]) for c, r in pairs]
+    assert len(set(text_pairs)) == len(text_pairs)
+    assert all(scores[c] == 1.0 and scores[r] == 0.0 for c, r in pairs)
+    wrong_texts = {k for k, s in zip(keys, scores, strict=True) if s == 0.0}
+    for text in {k for k, s in zip(keys, scores, strict=True) if s == 1.0}:
+        expected = min(keys.count(text), len(wrong_texts))
+        assert sum(c == text for c, _ in text_pairs) == expected
+    unique = [f"s{i}" for i in range(len(scores))]
+    assert select_pairs(scores, rule("all_chosen", 3), pair_rng(0, "p"), keys=unique) == select_pairs(
+        scores, rule("all_chosen", 3), pair_rng(0, "p")
+    )
+
+
+def test_repeated_texts_leave_room_under_the_cap_for_new_pairs():
+    # five samples of one right text, one of another; two wrong texts, one sampled twice
+    keys = ["A"] * 5 + ["B", "x", "x", "y"]
+    scores = [1.0] * 6 + [0.0] * 3
+    pairs = select_pairs(scores, rule("all_chosen", max_pairs=4), pair_rng(0, "p"), keys=keys)
+    assert sorted({(keys[c], keys[r]) for c, r in pairs}) == [("A", "x"), ("A", "y"), ("B", "x")] or sorted(
+        {(keys[c], keys[r]) for c, r in pairs}
+    ) == [("A", "x"), ("A", "y"), ("B", "y")]
+    assert len(pairs) == 3
+    margin = select_pairs([1.0, 1.0, 0.0, 0.0], rule("margin", None), pair_rng(0, "p"), 10, ["A", "A", "x", "x"])
+    assert margin == [(0, 2)]
+
+
 @given(counts, st.integers(1, 8), st.sampled_from([0.0, 0.3, 0.5, 1.0]))
 def test_margin_pairs_count_test_cases(passed, margin, floor):
     """i over j when i passes >= floor of the 10 tests and at least `margin` more than j, as in the

@@ -118,7 +118,7 @@ def test_code_scorer_replaces_the_sandbox(monkeypatch):
         out = lab.label(group(problem, completions))
     assert [job.test_inputs for job in _CALLS[0]] == [["[1]", "[2]"]] * 3
     assert out.pseudo_outputs == ["7", "7"] and out.scores == [1.0, 1.0, 0.0] and out.agree_gt == 1.0
-    assert out.pairs == [(0, 2), (1, 2)]
+    assert out.pairs == [(0, 2)]  # the two right programs are one text: one pair
 
 
 def test_example_code_runner_runs_programs(monkeypatch):
@@ -167,7 +167,8 @@ def test_tiny_code_preset_pairs_on_a_typical_group():
         labelled = lab.label_many(groups)
     for out, (problem, _) in zip(labelled, problems, strict=True):
         assert out.skipped is None and out.pseudo_outputs == problem.test_outputs and out.agree_gt == 1.0
-        assert out.pairs and all(c < 4 <= r for c, r in out.pairs) and len(out.pairs) == 4
+        # one right text against three wrong ones (off by one, a crash, no code): three pairs
+        assert out.pairs and all(c < 4 <= r for c, r in out.pairs) and len(out.pairs) == 3
 
 
 def test_tiny_math_preset_pairs_on_a_typical_group():
@@ -179,7 +180,8 @@ def test_tiny_math_preset_pairs_on_a_typical_group():
     with Labeller("math", cfg, seed=0) as lab:
         half = lab.label(group(problem, [solution] * 4 + [wrong] * 2 + ["I don't know"] * 2))
         split = lab.label(group(problem, [solution] * 3 + [wrong] * 3 + ["I don't know"] * 2))
-    assert half.skipped is None and half.vote_share == 0.5 and len(half.pairs) == 4 and half.agree_gt == 1.0
+    # one right text against two wrong ones: two pairs, not four with repeats
+    assert half.skipped is None and half.vote_share == 0.5 and len(half.pairs) == 2 and half.agree_gt == 1.0
     assert split.skipped == "low_vote_share"
 
 

@@ -197,7 +197,7 @@ def test_label_iteration_picks_the_schedule_entry(tmp_path):
     """A file has no iteration: --iteration says which entry of labeller.schedule applies."""
     problem, sol = synthetic_math.generate(1, seed=9)[0]
     row = {"id": problem.id, "prompt": problem.prompt, "reference": problem.answer,
-           "completions": [sol] * 3 + [wrong_math(sol)] * 2}
+           "completions": [sol, sol + " ", sol + "  "] + [wrong_math(sol)] * 2}  # three right texts
     path = write_jsonl(tmp_path / "in.jsonl", [row])
     schedule = ("labeller.schedule=[{source: reference, pair_strategy: one_random}, "
                 "{source: self_consistency, pair_strategy: all_chosen}]")

@@ -141,7 +141,8 @@ def finish(plan: CodePlan, cfg: LabellerSection, seed: int) -> LabelledGroup:
         return out
     out.scores = [c / n_kept for c in match_counts(plan.results, plan.labels, plan.function_call)]
     out.agree_gt = agree_with_ground_truth(plan)
-    out.pairs = select_pairs(out.scores, plan.rule, pair_rng(seed, out.prompt_id), n_tests=n_kept)
+    out.pairs = select_pairs(out.scores, plan.rule, pair_rng(seed, out.prompt_id), n_tests=n_kept,
+                             keys=group.completions)
     if not out.pairs:
         out.skipped = no_pair_reason(out.scores)
     return out

@@ -93,7 +93,7 @@ def label_math(group: RolloutGroup, source: str, rule: PairRule, judge: AnswerJu
     out = _result(group, label, scores, None, vote_share)
     if source != "ground_truth":
         out.agree_gt = agree_with_ground_truth(group.item.problem, label, judge)
-    out.pairs = select_pairs(scores, rule, pair_rng(seed, out.prompt_id))
+    out.pairs = select_pairs(scores, rule, pair_rng(seed, out.prompt_id), keys=group.completions)
     if not out.pairs:
         out.skipped = no_pair_reason(scores)
     return out

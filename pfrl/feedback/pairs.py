@@ -11,11 +11,19 @@ margin       code: program i over program j when i passes at least `min_pass_rat
 For one_random / all_chosen a sample is chosen when its score is 1 (right answer, all tests passed)
 and rejected otherwise. Groups that are all right or all wrong give no pairs. Every strategy is
 capped at `max_pairs` (a seeded sample) unless that is None.
+
+Given the samples' texts (`keys`), no two pairs of a group have the same two texts: a small policy
+often samples one text several times, and a repeated pair is refused by the replay buffer anyway.
+Before this, a quarter to a third of the pairs drawn on the tiny math preset were such repeats
+(docs/benchmarks.md, bench e2e run 8), each taking a place under the cap that a new pair could
+have had. all_chosen still gives each chosen sample a random rejected one, drawn among the
+rejected texts that sample's text is not yet paired with (none left: that sample gives no pair).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pfrl.config import LabellerSection
@@ -44,14 +52,33 @@ def pair_rng(seed: int, prompt_id: str) -> random.Random:
     return random.Random(f"pairs:{seed}:{prompt_id}")
 
 
-def _binary_pairs(scores: list[float], strategy: str, rng: random.Random) -> list[tuple[int, int]]:
+def _binary_pairs(scores: list[float], strategy: str, rng: random.Random, keys: Sequence) -> list[tuple[int, int]]:
     chosen = [i for i, s in enumerate(scores) if s >= 1.0 - _EPS]
     rejected = [i for i, s in enumerate(scores) if s < 1.0 - _EPS]
     if not chosen or not rejected:
         return []
     if strategy == "one_random":
         return [(rng.choice(chosen), rng.choice(rejected))]
-    return [(c, rng.choice(rejected)) for c in chosen]
+    pairs: list[tuple[int, int]] = []
+    seen: set[tuple] = set()
+    for c in chosen:
+        fresh = [r for r in rejected if (keys[c], keys[r]) not in seen]
+        if fresh:
+            r = rng.choice(fresh)
+            seen.add((keys[c], keys[r]))
+            pairs.append((c, r))
+    return pairs
+
+
+def _distinct(pairs: list[tuple[int, int]], keys: Sequence) -> list[tuple[int, int]]:
+    """The first pair of each (chosen text, rejected text), in order."""
+    seen: set[tuple] = set()
+    out = []
+    for c, r in pairs:
+        if (keys[c], keys[r]) not in seen:
+            seen.add((keys[c], keys[r]))
+            out.append((c, r))
+    return out
 
 
 def _margin_pairs(scores: list[float], rule: PairRule, n_tests: int) -> list[tuple[int, int]]:
@@ -66,16 +93,22 @@ def _margin_pairs(scores: list[float], rule: PairRule, n_tests: int) -> list[tup
 
 
 def select_pairs(
-    scores: list[float], rule: PairRule, rng: random.Random, n_tests: int | None = None
+    scores: list[float],
+    rule: PairRule,
+    rng: random.Random,
+    n_tests: int | None = None,
+    keys: Sequence | None = None,
 ) -> list[tuple[int, int]]:
     """(chosen index, rejected index) pairs for one group. `n_tests`: the kept test cases the code
-    scores are fractions of (margin pairs need it)."""
+    scores are fractions of (margin pairs need it). `keys`: the samples' texts, so that no two pairs
+    repeat the same two texts (None: every sample counts as distinct)."""
+    keys = keys if keys is not None else range(len(scores))
     if rule.strategy == "margin":
         if n_tests is None:
             raise ValueError("margin pairs need the number of test cases")
-        pairs = _margin_pairs(scores, rule, n_tests)
+        pairs = _distinct(_margin_pairs(scores, rule, n_tests), keys)
     else:
-        pairs = _binary_pairs(scores, rule.strategy, rng)
+        pairs = _binary_pairs(scores, rule.strategy, rng, keys)
     if rule.max_pairs is not None and len(pairs) > rule.max_pairs:
         pairs = sorted(rng.sample(pairs, rule.max_pairs))
     return pairs
