@@ -46,6 +46,8 @@ class LoopSnapshot:
     max_steps: int | None
     sync_every_steps: int = 1
     expiring: int = 0  # buffered pairs the step in flight's publication makes stale (0 when none is)
+    yield_known: bool = True  # some prompt has been labelled (else pairs_per_prompt is a guess)
+    num_generators: int = 1
 
     @property
     def lockstep(self) -> bool:
@@ -101,11 +103,24 @@ def request_prompts(s: LoopSnapshot, per_request: int) -> int:
     prompts comes back in about half the time of one of 8 (0.2-0.3 s against 0.5 s on the CPU
     preset), and the learner was waiting that whole time for its last few pairs. The request that
     follows carries the rest of the deficit."""
+    if not s.yield_known:
+        return first_requests(s, per_request)
     n = min(per_request, prompt_deficit(s))
     if s.learner_busy or n == 0:
         return n
     short = s.pairs_per_step - usable_buffered(s) - s.inflight_prompts * s.pairs_per_prompt
     return min(n, math.ceil(short / max(s.pairs_per_prompt, 0.1))) if short > 0 else n
+
+
+def first_requests(s: LoopSnapshot, per_request: int) -> int:
+    """Before any prompt is labelled: one full request per generator, whatever the deficit. The
+    yield is a guess then (1 pair per prompt), and a low guess is paid in stale pairs: the code
+    preset yields about 2.75, so its first 64 prompts brought some 176 pairs for the two steps that
+    could train them and 134 were dropped (docs/benchmarks.md). The learner waits for the first
+    labels either way; what they yield sizes every later request."""
+    if s.stopping:
+        return 0
+    return max(0, min(per_request, s.num_generators * per_request - s.inflight_prompts))
 
 
 def pairs_to_train(s: LoopSnapshot) -> int:

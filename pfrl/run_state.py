@@ -73,6 +73,7 @@ class RunState:
             pairs_per_prompt=self.pairs_per_prompt, learner_busy=learner_busy, stopping=stopping,
             steps_done=self.counters.step, max_steps=cfg.run.max_steps, sync_every_steps=cfg.sync.every_steps,
             expiring=self._expiring() if learner_busy else 0,
+            yield_known=bool(self._pair_counts), num_generators=cfg.generator.num_generators,
         )
 
     def _expiring(self) -> int:

@@ -76,6 +76,17 @@ def test_a_waiting_learner_gets_a_request_of_only_the_prompts_its_step_lacks():
     assert issue_policy.request_prompts(replace(e2e, stopping=True, buffered=28), 8) == 0
 
 
+def test_before_the_first_labels_one_request_per_generator():
+    """The code preset yields about 2.75 pairs a prompt; guessed at 1, its first 64 prompts
+    brought 176 pairs for two steps and 134 were dropped as stale."""
+    code = replace(SNAP, pairs_per_step=32, capacity=256, unissued_prompts=256, yield_known=False, num_generators=2)
+    assert issue_policy.request_prompts(code, 16) == 16
+    assert issue_policy.request_prompts(replace(code, inflight_prompts=16), 16) == 16  # the second generator's
+    assert issue_policy.request_prompts(replace(code, inflight_prompts=32), 16) == 0  # then wait for labels
+    assert issue_policy.request_prompts(replace(code, stopping=True), 16) == 0
+    assert issue_policy.request_prompts(replace(code, inflight_prompts=32, yield_known=True), 16) == 16
+
+
 def test_lockstep_issues_nothing_while_learning_and_trains_only_complete_batches():
     lock = replace(SNAP, max_policy_lag=0, buffered=4)
     assert issue_policy.pairs_to_train(replace(lock, inflight_prompts=1)) == 0  # a rollout of this version is out
