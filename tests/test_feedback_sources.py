@@ -104,6 +104,24 @@ def fake_runner(jobs: list[SandboxJob]) -> list[list[TestResult]]:
             for job in jobs]
 
 
+def test_each_distinct_program_runs_once():
+    """Same program, same inputs: one run, its results given to every copy, in order."""
+    from pfrl.feedback.code_label import run_distinct
+
+    calls: list[list[SandboxJob]] = []
+
+    def runner(jobs):
+        calls.append(jobs)
+        return [[TestResult(TestStatus.OK, output=f"{j.program}{j.test_inputs}")] for j in jobs]
+
+    jobs = [SandboxJob("a", ["1"]), SandboxJob("b", ["1"]), SandboxJob("a", ["1"]), SandboxJob("a", ["2"]),
+            SandboxJob(None, ["1"]), SandboxJob(None, ["1"])]
+    out = run_distinct(jobs, runner)
+    assert [r[0].output for r in out] == ["a['1']", "b['1']", "a['1']", "a['2']", "None['1']", "None['1']"]
+    assert len(calls) == 1 and len(calls[0]) == 4
+    assert run_distinct([], runner) == [] and len(calls) == 1
+
+
 def test_code_scorer_replaces_the_sandbox(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "fake_runner_mod", __import__(__name__))
     cfg = LabellerSection.model_validate({
@@ -116,7 +134,7 @@ def test_code_scorer_replaces_the_sandbox(monkeypatch):
     with Labeller("code", cfg, seed=0) as lab:
         assert lab.sandbox is None
         out = lab.label(group(problem, completions))
-    assert [job.test_inputs for job in _CALLS[0]] == [["[1]", "[2]"]] * 3
+    assert [job.test_inputs for job in _CALLS[0]] == [["[1]", "[2]"]] * 2  # the two "prints 7" run once
     assert out.pseudo_outputs == ["7", "7"] and out.scores == [1.0, 1.0, 0.0] and out.agree_gt == 1.0
     assert out.pairs == [(0, 2)]  # the two right programs are one text: one pair
 
