@@ -124,18 +124,20 @@ def test_same_prompts_same_version_same_samples(cluster):
     assert len({tuple(map(tuple, g.token_ids)) for g in first}) == 3  # prompts get their own seeds
 
 
-@pytest.mark.parametrize("transport", ["zmq", "collective"])
+# zmq_unstaged: the workers load straight from the learner's shared-memory ring slots (the learner
+# is on this host), 4 slots reused across the model's buckets, under vLLM's layer-wise reload.
+@pytest.mark.parametrize("transport", ["zmq", "zmq_unstaged", "collective"])
 def test_sync_makes_generator_logprobs_equal_the_learners(cluster, transport):
     from pfrl.transport.weights import WeightSync, sync_weights
 
     if transport == "collective" and GPUS == 1:
         pytest.skip("NCCL needs the learner and the generator on different GPUs")
     ray, gen, learner = cluster
-    version = 1 if transport == "zmq" else 2
+    version = {"zmq": 1, "collective": 2, "zmq_unstaged": 3}[transport]
     ray.get(learner.perturb.remote(seed=version))
-    stats = sync_weights(
-        learner, [gen], version, SyncSection(transport=transport, bucket_mb=0.25, timeout_s=60), WeightSync()
-    )
+    transport, staged = transport.removesuffix("_unstaged"), transport != "zmq_unstaged"
+    cfg = SyncSection(transport=transport, bucket_mb=0.25, timeout_s=60, staged=staged)
+    stats = sync_weights(learner, [gen], version, cfg, WeightSync())
     print(f"sync {transport}: {stats}")  # figures for docs/generation.md (pytest -s)
     assert stats["versions"] == [version] and stats["transport"] == transport
     assert stats["buckets"] > 4 and stats["bytes"] > 1_000_000 and stats["gbps"] > 0
