@@ -52,7 +52,8 @@ def test_dpo_engine_learns_checkpoints_and_saves_on_cuda_in_bf16(tiny_math_model
         assert torch.equal(state[name], t), name
 
 
-def test_weights_published_over_zmq_from_gpu_memory_arrive_intact(tiny_math_model, pairs):
+@pytest.mark.parametrize("shm_slots", [0, 4])  # frames; the shared-memory ring (copied into from the GPU)
+def test_weights_published_over_zmq_from_gpu_memory_arrive_intact(tiny_math_model, pairs, shm_slots):
     from learner.publish import publish
     from pfrl.transport.buckets import Received
     from pfrl.transport.weights import SenderSpec
@@ -69,7 +70,7 @@ def test_weights_published_over_zmq_from_gpu_memory_arrive_intact(tiny_math_mode
 
     thread = threading.Thread(target=receive)
     thread.start()
-    stats = publish(engine, 1, SenderSpec("zmq", 1 << 18, 60.0, [receiver.addr]).to_dict())
+    stats = publish(engine, 1, SenderSpec("zmq", 1 << 18, 60.0, [receiver.addr], shm_slots=shm_slots).to_dict())
     thread.join(60)
     receiver.close()
     expected = weights(engine)

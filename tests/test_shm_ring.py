@@ -31,6 +31,7 @@ def _payload(version: int) -> list[tuple[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(version)
     named = [(f"w{i}", torch.randn(37 + i, generator=g)) for i in range(24)]
     named += [("h", torch.randn(3, 17, generator=g).half().t()), ("ids", torch.arange(9) + version)]
+    named += [("bf", torch.randn(5, 7, generator=g).bfloat16()), ("empty", torch.empty(0, 3))]
     return named
 
 
@@ -113,6 +114,12 @@ def test_a_receiver_that_never_releases_fails_the_sender_within_its_timeout():
         _send([rx.addr], 1, _payload(1), timeout_s=1.0)
     assert time.monotonic() - start < 5
     rx.close()
+    fresh = ZmqWeightReceiver("127.0.0.1")  # the next sync starts with every slot free again
+    t, out = _in_thread(_copy_into_place, fresh, 2)
+    _send([fresh.addr], 2, _payload(2))
+    t.join(20)
+    assert _same(out["value"], _payload(2))
+    fresh.close()
 
 
 def test_receivers_without_a_visible_marker_and_oversized_buckets_get_frames():
