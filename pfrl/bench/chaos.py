@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from pfrl.chaos import Fault, TrialReport
+from pfrl.commands import add_config_args
 
 PLANS: list[list[Fault]] = [
     [Fault("between_steps", 3)],
@@ -39,11 +40,10 @@ SHORT_RUN = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="configs/tiny-math.yaml")
     p.add_argument("--trials", type=int, default=10, help="Trial i runs kill plan i mod 10 (10 cover every point).")
     p.add_argument("--first", type=int, default=0, help="Start at this plan (a short form: --first 5 --trials 3).")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="Overrides after the built-in short-run ones (e.g. model.path=DIR).")
+    add_config_args(p, "pfrl config (default: the tiny math preset).", "configs/tiny-math.yaml",
+                    "Overrides after the built-in short-run ones (e.g. model.path=DIR).")
     p.add_argument("--out", default=None, help="Directory for the trial runs (default: a temp dir).")
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="Write the figures here.")
     p.add_argument("--timeout", type=float, default=1800, help="Seconds allowed per run of a trial.")

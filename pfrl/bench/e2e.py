@@ -33,6 +33,7 @@ from typing import Any
 
 from pfrl.bench.launch import TIMED_OUT, run_logged
 from pfrl.bench.report import add_json_argument, write_json
+from pfrl.commands import add_config_args
 
 SYSTEMS = ("online", "lockstep", "trl")
 # Each pfrl system's settings on top of the shared ones. `online_unstaged` (opt-in, --systems) is
@@ -65,10 +66,9 @@ class SystemFigures:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--updates", type=int, default=10, help="Optimizer updates per system (default 10).")
-    p.add_argument("--config", default="configs/tiny-math.yaml", help="pfrl config (default: the tiny math preset).")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="Config override for every system, after BENCH_SETTINGS (e.g. model.path=DIR, "
-                   "learner.pairs_per_step=16).")
+    add_config_args(p, "pfrl config (default: the tiny math preset).", "configs/tiny-math.yaml",
+                    "Config override for every system, after BENCH_SETTINGS (e.g. model.path=DIR, "
+                    "learner.pairs_per_step=16).")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="Comma-separated subset of online, lockstep, trl, "
                    "and online_unstaged (online with sync.staged=false: the weights received inside the swap).")
     p.add_argument("--eval-prompts", type=int, default=128, help="Held-out problems scored per model (default 128).")

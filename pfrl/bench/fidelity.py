@@ -36,6 +36,7 @@ from typing import Any
 
 from pfrl.bench.launch import run_logged
 from pfrl.bench.report import add_json_argument, write_json
+from pfrl.commands import add_set_arg
 
 CONFIGS = {"math": "configs/tiny-math.yaml", "code": "configs/tiny-code.yaml"}
 TASK_ARMS = {"math": ("sft", "dpo-sc", "dpo-gt", "pdpo-sc", "pdpo-gt"), "code": ("sft", "dpo-sc", "dpo-gt")}
@@ -85,8 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--code-eval-prompts", type=int, default=128, help="Held-out problems scored per code model "
                    "(default 128: each of the K+1 samples is a program run on every test in the sandbox).")
     p.add_argument("--k", type=int, default=8, help="Samples per held-out problem for maj@K and pass@K (default 8).")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="Config override for every arm alike, after the bench's own (e.g. learner.lr=2e-4).")
+    add_set_arg(p, "Config override for every arm alike, after the bench's own (e.g. learner.lr=2e-4).")
     p.add_argument("--out", default=None, help="Directory for the runs and logs (default: a temp dir).")
     p.add_argument("--png", default=None, help="Write the figure here (default: OUT/fidelity.png).")
     p.add_argument("--timeout", type=float, default=1800, help="Seconds allowed per run.")

@@ -18,6 +18,7 @@ import tempfile
 import time
 
 from pfrl.bench.report import add_json_argument, write_json
+from pfrl.commands import add_config_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,10 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=4, help="Completions per prompt (default 4).")
     p.add_argument("--max-tokens", type=int, default=64, help="Maximum tokens per completion (default 64).")
     p.add_argument("--hf-batch", type=int, default=8, help="Prompts per HF generate call (default 8).")
-    p.add_argument("--config", default=None, help="YAML config (its generator and model sections apply).")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="Config override (repeatable)."
-    )
+    add_config_args(p, "YAML config (its generator and model sections apply).")
     add_json_argument(p)
 
 
@@ -128,7 +126,7 @@ def _hf_tokens_per_s(model_dir: str, cfg, prompts: list[str], batch: int) -> tup
 def _config(args: argparse.Namespace):
     from pfrl.config import load_config
 
-    overrides = [*args.set, f"generator.n_samples={args.n}", f"generator.max_tokens={args.max_tokens}"]
+    overrides = [*args.overrides, f"generator.n_samples={args.n}", f"generator.max_tokens={args.max_tokens}"]
     return load_config(args.config, overrides)
 
 

@@ -16,6 +16,7 @@ import tempfile
 import time
 
 from pfrl.bench.report import add_json_argument, write_json
+from pfrl.commands import add_config_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,15 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, default=4, help="Layers of the random model.")
     p.add_argument("--steps", type=int, default=6, help="Timed optimizer steps per side.")
     p.add_argument("--warmup", type=int, default=2, help="Untimed steps per side first.")
-    p.add_argument("--config", default=None, help="YAML config (its learner and model sections apply).")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="Config override (repeatable), e.g. --set learner.zero_stage=3.",
-    )
+    add_config_args(p, "YAML config (its learner and model sections apply).",
+                    set_help="Config override (repeatable), e.g. --set learner.zero_stage=3.")
     add_json_argument(p)
 
 

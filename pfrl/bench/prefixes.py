@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pfrl.bench.report import add_json_argument, write_json
+from pfrl.commands import add_config_args
 from pfrl.types import PreferencePair, PrefixRollout, PrefixValues
 
 
@@ -34,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--problems", type=int, default=300, help="Train problems to sample (default 300).")
     p.add_argument("--source", default="self_consistency", choices=["self_consistency", "ground_truth"],
                    help="Label source of the groups (default self_consistency).")
-    p.add_argument("--config", default="configs/tiny-math.yaml", help="Preset for sampling and labelling.")
+    add_config_args(p, "Preset for sampling and labelling.", "configs/tiny-math.yaml")
     add_json_argument(p)
 
 
@@ -133,8 +134,8 @@ def audit(args: argparse.Namespace) -> PrefixAudit:
     from pfrl.feedback.steps import max_prefix_pairs, prefix_pairs
     from pfrl.preflight import resolve_model
 
-    model = args.model or resolve_model(load_config(args.config, ["run.task=math"]))
-    cfg = load_config(args.config, [f"model.path={model}", "labeller.step_pairs.ratio=1.0"])
+    model = args.model or resolve_model(load_config(args.config, ["run.task=math", *args.overrides]))
+    cfg = load_config(args.config, [*args.overrides, f"model.path={model}", "labeller.step_pairs.ratio=1.0"])
     train = _references(Path(model), args.problems)
     refs = {p.id: (solution, p.answer) for p, solution in train}
     judge, out = AnswerJudge(cfg.labeller.verify_timeout_s), PrefixAudit()

@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from pfrl.bench.report import add_json_argument, write_json
+from pfrl.commands import add_config_args
 
 BARE_RUNNER = (
     "import json, sys\n"
@@ -36,8 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend", choices=["auto", "bwrap", "unshare", "none"], help="Sandbox backend to measure."
     )
-    parser.add_argument("--config", help="YAML config file.")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Config override.")
+    add_config_args(parser, "YAML config (its labeller.sandbox section applies).")
     add_json_argument(parser)
 
 
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from pfrl.feedback.isolation import base_python
     from pfrl.feedback.sandbox import SandboxUnavailable
 
-    overrides = list(args.set)
+    overrides = list(args.overrides)
     if args.workers is not None:
         overrides.append(f"labeller.sandbox.workers={args.workers}")
     if args.backend is not None:
