@@ -195,7 +195,9 @@ def _engine() -> GeneratorEngine:
 def _sync(engine: GeneratorEngine, version: int, value: float, *, break_off: bool = False) -> dict:
     info = engine.receiver_info("zmq")
     assert info.stage_addr is not None
-    sender = ZmqWeightSender([info.stage_addr], 5.0)
+    # Through the shared-memory ring (the default on one host): the staged copies must outlive it.
+    sender = ZmqWeightSender([info.stage_addr], 5.0, shm_slots=2, bucket_bytes=1024)
+    assert sender._local == [0]  # the stage receiver's marker is visible here
 
     def buckets():
         yield [("x", torch.full((2,), value))]
