@@ -235,3 +235,24 @@ def test_sweep_removes_the_files_of_dead_processes_only(tmp_path):
         f"pfrl-ring-{os.getpid()}-cd",
         "pfrl-rx-live",
     ]
+
+
+def test_a_full_dev_shm_means_frames_not_a_crash(monkeypatch, caplog):
+    """Docker's default /dev/shm is 64 MB: a ring that does not fit is refused up front (its pages
+    reserved at creation), and the sync goes as frames."""
+    import errno
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    shm_ring.close_ring()
+    monkeypatch.setattr(shm_ring.os, "posix_fallocate", full)
+    rx = ZmqWeightReceiver("127.0.0.1")
+    slots = _count_ring_buckets(rx)
+    t, out = _in_thread(_copy_into_place, rx, 1)
+    _send([rx.addr], 1, _payload(1))
+    t.join(20)
+    assert _same(out["value"], _payload(1)) and slots == [] and shm_ring._RING is None
+    assert "sending frames" in caplog.text
+    assert not [n for n in os.listdir(shm_ring.SHM_DIR) if n.startswith(f"pfrl-ring-{os.getpid()}-")]
+    rx.close()
