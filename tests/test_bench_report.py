@@ -23,7 +23,7 @@ def test_every_bench_takes_json_out(bench, tmp_path):
     assert args.json_out == str(tmp_path / "o.json")
 
 
-@pytest.mark.parametrize("bench", sorted(set(BENCHES) - {"sync"}))
+@pytest.mark.parametrize("bench", sorted(BENCHES))
 def test_every_bench_takes_config_overrides_the_same_way(bench):
     args = build_parser("bench").parse_args(["bench", bench, "--set", "learner.lr=1e-5", "--set", "run.seed=3"])
     assert args.overrides == ["learner.lr=1e-5", "run.seed=3"]

@@ -23,6 +23,7 @@ import uuid
 from typing import Any
 
 from pfrl.bench.report import add_json_argument, write_json
+from pfrl.commands import add_config_args
 
 TENSOR_MB = 4
 ZMQ_TRANSPORTS = ("zmq", "zmq_frames", "zmq_staged")
@@ -45,9 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="Comma-separated bucket sizes in MB, each measured in this run (default: sync.bucket_mb); "
         "the figures without a suffix are the first size's.",
     )
-    p.add_argument("--config", default=None, help="YAML config (its sync section applies).")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="Config override (repeatable)."
+    add_config_args(
+        p,
+        "YAML config (its sync section applies).",
+        set_help="Config override (repeatable), e.g. --set sync.shm_ring=false.",
     )
     add_json_argument(p)
 
@@ -176,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     from pfrl.config import load_config
     from pfrl.errors import UserError
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.overrides)
     transports = [t.strip() for t in args.transports.split(",") if t.strip()]
     if unknown := set(transports) - {*ZMQ_TRANSPORTS, "collective"}:
         raise UserError(f"--transports: unknown {sorted(unknown)} (zmq, zmq_frames, zmq_staged, collective)")
