@@ -113,14 +113,14 @@ def request_prompts(s: LoopSnapshot, per_request: int) -> int:
 
 
 def first_requests(s: LoopSnapshot, per_request: int) -> int:
-    """Before any prompt is labelled: one full request per generator, whatever the deficit. The
-    yield is a guess then (1 pair per prompt), and a low guess is paid in stale pairs: the code
-    preset yields about 2.75, so its first 64 prompts brought some 176 pairs for the two steps that
-    could train them and 134 were dropped (docs/benchmarks.md). The learner waits for the first
-    labels either way; what they yield sizes every later request."""
-    if s.stopping:
-        return 0
-    return max(0, min(per_request, s.num_generators * per_request - s.inflight_prompts))
+    """Before any prompt is labelled: at most one request per generator. The yield is a guess then
+    (1 pair per prompt), and a low guess is paid in stale pairs: the code preset yields about 2.75,
+    so its first 64 prompts brought some 176 pairs for the two steps that could train them and 134
+    were dropped (docs/benchmarks.md). The learner waits for the first labels either way; what they
+    yield sizes every later request. Still no more than the deficit at the guess: with 2 pairs a
+    step, a full first request of 8 prompts overshot lockstep's round."""
+    room = s.num_generators * per_request - s.inflight_prompts
+    return max(0, min(per_request, room, prompt_deficit(s)))
 
 
 def pairs_to_train(s: LoopSnapshot) -> int:

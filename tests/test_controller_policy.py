@@ -84,6 +84,8 @@ def test_before_the_first_labels_one_request_per_generator():
     assert issue_policy.request_prompts(replace(code, inflight_prompts=16), 16) == 16  # the second generator's
     assert issue_policy.request_prompts(replace(code, inflight_prompts=32), 16) == 0  # then wait for labels
     assert issue_policy.request_prompts(replace(code, stopping=True), 16) == 0
+    # never more than the deficit at the guessed yield: 2 pairs a step in lockstep is 2 prompts
+    assert issue_policy.request_prompts(replace(code, pairs_per_step=2, max_policy_lag=0), 16) == 2
     assert issue_policy.request_prompts(replace(code, inflight_prompts=32, yield_known=True), 16) == 16
 
 
