@@ -150,6 +150,8 @@ class GeneratorEngine:
     def _run_requests(self, prompts: list[list[int]], params: dict[int, Any]) -> tuple[dict[int, Any], bool]:
         """Step the engine until every index in `params` is sampled, or (pause mode) a swap is
         waiting: then abort what is unfinished and report the interruption."""
+        if not params:  # e.g. no prefix to continue in any batch (one-line solutions): vLLM refuses none
+            return {}, False
         engine = self._llm.llm_engine
         ids = self._submit(prompts, params)
         finished: dict[int, Any] = {}

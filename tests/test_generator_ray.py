@@ -124,6 +124,17 @@ def test_same_prompts_same_version_same_samples(cluster):
     assert len({tuple(map(tuple, g.token_ids)) for g in first}) == 3  # prompts get their own seeds
 
 
+def test_prefix_request_without_any_prefix_comes_back_empty(cluster):
+    """One-line solutions have no step to cut at; a request whose every batch chose no prefix once
+    reached vLLM as zero prompts and killed a bench fidelity run ("You must pass at least one prompt")."""
+    from pfrl.types import PrefixBatch, decode, encode
+
+    ray, gen, _ = cluster
+    batch = PrefixBatch(_items(1)[0], "4", [5, 6, 7], [[8], [9]], 4, 3, 0)
+    (rollout,) = decode(ray.get(gen.complete_prefixes.remote(encode([batch])), timeout=300))
+    assert rollout.prefixes == [] and rollout.completions == [] and rollout.completion_tokens == 0
+
+
 # zmq_unstaged: the workers load straight from the learner's shared-memory ring slots (the learner
 # is on this host), 4 slots reused across the model's buckets, under vLLM's layer-wise reload.
 @pytest.mark.parametrize("transport", ["zmq", "zmq_unstaged", "collective"])
