@@ -14,7 +14,7 @@ capped at `max_pairs` (a seeded sample) unless that is None.
 
 Given the samples' texts (`keys`), no two pairs of a group have the same two texts: a small policy
 often samples one text several times, and a repeated pair is refused by the replay buffer anyway.
-Before this, a quarter to a third of the pairs drawn on the tiny math preset were such repeats
+Drawn without the texts, a quarter to a third of the tiny math preset's pairs were such repeats
 (docs/benchmarks.md, bench e2e run 8), each taking a place under the cap that a new pair could
 have had. all_chosen still gives each chosen sample a random rejected one, drawn among the
 rejected texts that sample's text is not yet paired with (none left: that sample gives no pair).
