@@ -451,6 +451,11 @@ class SyncSection(Section):
         "others (fewer than 4 makes receivers copy buckets out of their slots more often)."
     )
 
+    @property
+    def ring_slots(self) -> int:
+        """Slots of the shared-memory ring a ZMQ sender offers (0: the ring is off, frames only)."""
+        return self.shm_slots if self.shm_ring else 0
+
 
 class CheckpointSection(Section):
     every_steps: int = Field(10, ge=1, description="Full checkpoint every N steps (and at every iteration end).")

@@ -207,13 +207,12 @@ def run(args: argparse.Namespace) -> int:
         "shm_ring": cfg.sync.shm_ring,
         "shm_slots": cfg.sync.shm_slots,
     }
-    shm_slots = cfg.sync.shm_slots if cfg.sync.shm_ring else 0
     by_bucket: dict[str, dict[str, float]] = {}
     for size in sizes:
         row: dict[str, float] = {}
         for transport in transports:
             secs = _transport_seconds(
-                transport, payload, args.receivers, args.repeats, int(size * 2**20), shm_slots
+                transport, payload, args.receivers, args.repeats, int(size * 2**20), cfg.sync.ring_slots
             )
             gbps = nbytes / secs / 1e9
             label = {"collective": "collective (gloo)"}.get(transport, transport) + f" {size:g} MB"

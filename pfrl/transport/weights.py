@@ -187,15 +187,14 @@ class WeightSync:
         self.last_transport = transport
         bucket_bytes = int(cfg.bucket_mb * 2**20)
         if transport == "zmq":
-            shm = cfg.shm_slots if cfg.shm_ring else 0
             if cfg.staged and all(i.stage_addr for i in infos):
                 # One stream per generator, into its process, while its engine keeps sampling.
                 staged = [i.stage_addr for i in infos if i.stage_addr]
                 recv = [ReceiverSpec("zmq", cfg.timeout_s, staged=True) for _ in infos]
-                return SenderSpec("zmq", bucket_bytes, cfg.timeout_s, staged, shm_slots=shm), recv
+                return SenderSpec("zmq", bucket_bytes, cfg.timeout_s, staged, shm_slots=cfg.ring_slots), recv
             addrs = [a for i in infos for a in i.zmq_addrs]
             recv = [ReceiverSpec("zmq", cfg.timeout_s) for _ in infos]
-            return SenderSpec("zmq", bucket_bytes, cfg.timeout_s, addrs, shm_slots=shm), recv
+            return SenderSpec("zmq", bucket_bytes, cfg.timeout_s, addrs, shm_slots=cfg.ring_slots), recv
         workers = [len(i.zmq_addrs) for i in infos]
         backend = "nccl" if infos[0].device == "cuda" else "gloo"
         group = self._group_for(infos, workers, backend)
