@@ -256,3 +256,54 @@ def test_a_full_dev_shm_means_frames_not_a_crash(monkeypatch, caplog):
     assert "sending frames" in caplog.text
     assert not [n for n in os.listdir(shm_ring.SHM_DIR) if n.startswith(f"pfrl-ring-{os.getpid()}-")]
     rx.close()
+
+
+# -- the receiver's pool for copies out of its slots -------------------------------------------
+def test_copy_pool_reuses_a_buffer_only_once_every_view_of_it_is_freed():
+    pool = shm_ring.CopyPool()
+    a = pool.take(1000)
+    view = a[10:20].view(torch.int16)  # a view outliving its base tensor pins the buffer
+    ptr = a.data_ptr()
+    del a
+    b = pool.take(1000)
+    assert b.data_ptr() != ptr and pool.allocated == 2  # still viewed: not lent again
+    del view
+    c = pool.take(1000)
+    assert c.data_ptr() == ptr and pool.allocated == 2  # freed: reused, no new buffer
+    assert pool.owned_bytes() == 2000
+
+
+def test_copy_pool_owns_no_more_than_it_ever_lent_at_once():
+    pool = shm_ring.CopyPool()
+    for _ in range(3):  # the same layout sync after sync: the same two buffers
+        held = [pool.take(300), pool.take(500)]
+        del held
+    assert pool.allocated == 2 and pool.owned_bytes() == 800
+    held = [pool.take(700)]  # a new layout: the old sizes' free buffers go first
+    assert pool.owned_bytes() <= 800 and pool.allocated == 3
+    del held
+    assert pool.take(0).numel() == 0 and pool.owned_bytes() <= 800
+
+
+def test_staged_copies_reuse_their_memory_across_syncs_but_never_under_a_held_version():
+    rx = ZmqWeightReceiver("127.0.0.1")
+    pool = rx._ring.copies
+    try:
+        staged = {}
+        for version in (1, 2):  # version 1 is still held (waiting for its swap) while 2 is staged
+            t, _ = _in_thread(_send, [rx.addr], version, _payload(version))
+            staged[version] = stage_zmq(rx, version, 10.0)
+            t.join(20)
+        assert _same(list(staged[1].tensors()), _payload(1)) and _same(list(staged[2].tensors()), _payload(2))
+        per_version = len(staged[1].buckets)
+        assert pool.allocated == 2 * per_version  # nothing of version 1 was lent again
+        del staged[1], staged[2]  # both swapped in (or dropped): their buffers come back
+        for version in (3, 4):
+            t, _ = _in_thread(_send, [rx.addr], version, _payload(version))
+            staged[version] = stage_zmq(rx, version, 10.0)
+            t.join(20)
+            assert _same(list(staged[version].tensors()), _payload(version))
+            del staged[version]
+        assert pool.allocated == 2 * per_version  # versions 3 and 4 made no new buffer
+    finally:
+        rx.close()

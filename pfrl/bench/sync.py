@@ -5,7 +5,8 @@ The payload is S MB of float32 tensors (4 MB each, like a model's matrices) sent
 version in `sync.bucket_mb` buckets. Receivers run in separate processes (as vLLM workers do) and
 copy every tensor into a preallocated destination, the same final write `load_weights` does, so
 each transport is measured from the first byte sent to the last byte in place at every receiver
-(`zmq_staged`: to the last byte held in the receiver's memory, what a staged sync waits for).
+(`zmq_staged`: to the last byte held in the receiver's memory, what a staged sync waits for; each
+round's staged version is freed before the next, as a swap frees it, so its copies reuse memory).
 Receivers are on this host, so `zmq` and `zmq_staged` go through the shared-memory ring when
 `sync.shm_ring` is on (the default); `zmq_frames` is ZMQ with the ring off, frames over TCP, as a
 receiver on another host gets them.

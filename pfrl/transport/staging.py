@@ -7,10 +7,17 @@ swap itself (loading the staged tensors into the model, resetting the prefix cac
 generator's swap gate, before the next engine call: `StagedSwaps` orders that. A transfer that
 breaks off never touches the model.
 
+Staged buckets that came through the learner's shared-memory ring are copies in memory the stage
+receiver reuses from sync to sync (`CopyPool`, pfrl/transport/shm_ring.py): a version's buffers
+are lent again only once every tensor of it is freed, i.e. after its swap loaded it or a newer
+version replaced it, never while it waits. Buckets that came as frames (a learner on another host)
+are views of those frames.
+
 An engine whose workers live in the generator's own process (vLLM's `uni` executor, the default at
 tensor-parallel size 1) hands the staged tensors to its worker through `put`/`take`, a
 process-local registry (no copy); workers in other processes are sent the staged buckets again over
-their own ZMQ receivers, a same-host transfer (pfrl/generation.py).
+their own ZMQ receivers, through the generator's own shared-memory ring when they are on its host
+(pfrl/engine_weights.py).
 """
 
 from __future__ import annotations

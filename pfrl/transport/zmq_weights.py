@@ -177,7 +177,8 @@ class ZmqWeightReceiver:
 
     def receive_buckets(self, version: int, timeout_s: float, into: Received) -> Iterator[Named]:
         """`receive`, one bucket at a time, for a caller that may keep them (staging): tensors are
-        views of the bucket's frames, which they keep alive, or copies of its ring slot."""
+        views of the bucket's frames, which they keep alive, or copies of its ring slot in memory the
+        receiver reuses once they are freed (`CopyPool`)."""
         return self._buckets(version, timeout_s, into, borrow=False)
 
     def _bucket(self, meta: WeightsMeta, frames: list[zmq.Frame], ref: SlotRef | None, borrow: bool) -> Named:
