@@ -190,11 +190,16 @@ class EngineWeights:
     def _load_staged(self, staged: StagedWeights) -> list[dict[str, Any]]:
         if all(w.get("pid") == os.getpid() for w in self._workers):  # the `uni` executor: hand over in memory
             return self._llm.collective_rpc("pfrl_load_staged", args=(staged.version, staging.put(staged)))
-        # Workers in their own processes: send them the staged buckets over their own receivers.
+        # Workers in their own processes: send them the staged buckets over their own receivers,
+        # through this process's shared-memory ring to those on its host (tensor-parallel workers
+        # of one engine all are: one copy into a slot serves them all), as frames to any other.
         from pfrl.transport.zmq_weights import ZmqWeightSender
 
         timeout_s = self.sync_cfg.timeout_s
-        sender = ZmqWeightSender([w["addr"] for w in self._workers], timeout_s)
+        sender = ZmqWeightSender(
+            [w["addr"] for w in self._workers], timeout_s,
+            shm_slots=self.sync_cfg.ring_slots, bucket_bytes=int(self.sync_cfg.bucket_mb * 2**20),
+        )
         sent: list[BaseException] = []
 
         def send() -> None:

@@ -6,6 +6,7 @@ are scripted), so they check the ordering and failure rules, not vLLM's reload."
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -180,8 +181,6 @@ class FakeLLM:
 def _engine() -> GeneratorEngine:
     """A GeneratorEngine around a fake LLM: real weights, gate and staging; the engine call records
     the version it samples with."""
-    import os
-
     engine = GeneratorEngine.__new__(GeneratorEngine)
     engine.generator_id, engine._llm = 0, FakeLLM()
     workers = [{"addr": "tcp://unused", "device": "cpu", "pid": os.getpid()}]
@@ -192,8 +191,9 @@ def _engine() -> GeneratorEngine:
     return engine
 
 
-def _sync(engine: GeneratorEngine, version: int, value: float, *, break_off: bool = False) -> dict:
-    info = engine.receiver_info("zmq")
+def _sync(engine: GeneratorEngine | EngineWeights, version: int, value: float, *, break_off: bool = False) -> dict:
+    weights = engine if isinstance(engine, EngineWeights) else engine.weights
+    info = weights.receiver_info("zmq")
     assert info.stage_addr is not None
     # Through the shared-memory ring (the default on one host): the staged copies must outlive it.
     sender = ZmqWeightSender([info.stage_addr], 5.0, shm_slots=2, bucket_bytes=1024)
@@ -213,7 +213,7 @@ def _sync(engine: GeneratorEngine, version: int, value: float, *, break_off: boo
 
     t = start_thread(send)
     try:
-        return engine.receive_weights(version, ReceiverSpec("zmq", 1.0, staged=True).to_dict())
+        return weights.receive(version, ReceiverSpec("zmq", 1.0, staged=True).to_dict())
     finally:
         t.join(5)
         sender.close()
@@ -264,3 +264,97 @@ def test_engine_refuses_to_sample_after_a_staged_swap_fails_until_a_full_sync():
     engine._llm.fail_next = False
     _sync(engine, 2, 2.0)
     assert engine.generate([object()]) == [2]  # type: ignore[list-item]
+
+
+def test_a_staged_version_keeps_its_memory_until_its_swap_is_done_and_then_lends_it_again():
+    """Staged copies come from the stage receiver's reused buffers: a version whose swap is still
+    loading must not be overwritten by the next sync's copies; once swapped in, its buffers serve
+    later syncs (no new memory)."""
+    llm = FakeLLM()
+    workers = [{"addr": "tcp://unused", "device": "cpu", "pid": os.getpid()}]  # the `uni` executor
+    weights = EngineWeights(llm, workers, SwapGate(), SyncSection(transport="zmq", timeout_s=5.0), 0, "fake")
+    loading, finish = threading.Event(), threading.Event()
+
+    def slow_load(method: str, args: tuple = ()) -> list[dict[str, Any]]:
+        staged = staging.take(args[1])
+        if staged.version == 1:
+            loading.set()
+            finish.wait(5)  # the next sync is staged meanwhile
+        llm.loaded.append(int(staged.buckets[0][0][1][0]))
+        return [{"ok": True, "error": None, "version": args[0], "bytes": staged.bytes, "group_id": None}]
+
+    llm.collective_rpc = slow_load  # type: ignore[method-assign]
+    _sync(weights, 1, 1.0)
+    assert loading.wait(5)
+    _sync(weights, 2, 2.0)  # through the same ring and receiver, while version 1 is being loaded
+    pool = weights._stage_rx._ring.copies  # type: ignore[union-attr]
+    made = pool.allocated
+    assert made == 4  # 2 buckets each, none of version 1's lent again
+    finish.set()
+    weights.staged.join()
+    assert llm.loaded == [1, 2] and weights.version == 2
+    _sync(weights, 3, 3.0)
+    weights.staged.join()
+    assert llm.loaded == [1, 2, 3] and pool.allocated == made  # reused what the swaps released
+
+
+class FakeTPLLM:
+    """Two tensor-parallel workers in processes of their own (pids not the generator's) on its host:
+    `pfrl_receive` reads their real receivers here, as vLLM's workers would, keeping copies."""
+
+    def __init__(self) -> None:
+        self.rxs = [ZmqWeightReceiver("127.0.0.1") for _ in range(2)]
+        self.got: list[list[tuple[str, torch.Tensor]]] = []
+        self.ring_buckets = 0
+        for rx in self.rxs:
+            bucket = rx._ring.bucket
+
+            def counted(ref, meta, borrow, bucket=bucket):
+                self.ring_buckets += 1
+                return bucket(ref, meta, borrow)
+
+            rx._ring.bucket = counted  # type: ignore[method-assign]
+
+    def workers(self) -> list[dict[str, Any]]:
+        return [{"addr": rx.addr, "device": "cpu", "pid": os.getpid() + 1 + i} for i, rx in enumerate(self.rxs)]
+
+    def collective_rpc(self, method: str, args: tuple = ()) -> list[dict[str, Any]]:
+        from pfrl.transport.buckets import Received
+
+        assert method == "pfrl_receive"
+        version, spec = args
+        timeout_s = ReceiverSpec.from_dict(spec).timeout_s
+        intos = [Received() for _ in self.rxs]
+        got: list[list[tuple[str, torch.Tensor]]] = [[] for _ in self.rxs]
+
+        def load(i: int) -> None:  # each worker copies into place as it reads, like load_weights
+            got[i] = [(n, t.clone()) for n, t in self.rxs[i].receive(version, timeout_s, intos[i])]
+
+        threads = [start_thread(load, i) for i in range(len(self.rxs))]
+        for t in threads:
+            t.join(10)
+        self.got += got
+        return [{"ok": True, "error": None, "version": version, "bytes": into.bytes, "group_id": None} for into in intos]
+
+    def reset_prefix_cache(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("shm_ring", [True, False])
+def test_staged_weights_go_to_out_of_process_workers_through_the_ring_on_one_host(shm_ring):
+    llm = FakeTPLLM()
+    sync_cfg = SyncSection(transport="zmq", timeout_s=5.0, bucket_mb=1024 / 2**20, shm_ring=shm_ring)
+    weights = EngineWeights(llm, llm.workers(), SwapGate(), sync_cfg, generator_id=0, instance_id="fake")
+    tensors = [(f"w{i}", torch.randn(50 + i)) for i in range(12)]
+    buckets = list(split_buckets(tensors, 1024))
+    try:
+        weights._apply_staged(StagedWeights(7, buckets, sum(t.numel() * 4 for _, t in tensors), 0.0))
+        assert weights.version == 7 and len(llm.got) == 2
+        for got in llm.got:
+            assert [n for n, _ in got] == [n for n, _ in tensors]
+            assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, tensors, strict=True))
+        # With the ring on, every bucket reached both workers through it.
+        assert llm.ring_buckets == (2 * len(buckets) if shm_ring else 0)
+    finally:
+        for rx in llm.rxs:
+            rx.close()
