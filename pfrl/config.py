@@ -108,13 +108,17 @@ class GeneratorSection(Section):
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling (the paper: 0.9).")
     max_tokens: int = Field(128, ge=1, description="Maximum completion tokens.")
     stop: list[str] = Field(default_factory=list, description="Stop strings.")
-    prompts_per_request: int = Field(8, ge=1, description="Prompts a generator takes per engine call.")
+    prompts_per_request: int = Field(8, ge=1, description="Prompts per sampling request; requests on one "
+                                     "generator share its engine's batch.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine.")
     gpu_memory_utilization: float = Field(
         0.3, gt=0, le=1, description="vLLM memory fraction (on CPU: fraction of host RAM it checks against)."
     )
     cpu_kvcache_gb: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE in GiB for the CPU backend.")
-    max_num_seqs: int = Field(64, ge=1, description="vLLM max concurrent sequences.")
+    max_num_seqs: int = Field(
+        64, ge=1, description="vLLM max concurrent sequences; a generator takes prompts while its engine has room for "
+        "their n_samples each (at least two requests)."
+    )
     enforce_eager: bool = Field(True, description="Skip CUDA graph capture (faster start, slower decode).")
     engine_in_process: bool = Field(
         True, description="With tensor_parallel_size 1, run vLLM's engine core and worker inside the generator "
@@ -122,8 +126,8 @@ class GeneratorSection(Section):
         "always use vLLM's worker processes."
     )
     swap_mode: Literal["pause", "drain"] = Field(
-        "drain", description="Weight swap: drain = wait for the engine call in flight to finish, then swap; "
-        "pause = stop it at the next engine step, swap, and sample its unfinished prompts again under the new "
+        "drain", description="Weight swap: drain = admit no new request, let those in the engine finish, then swap; "
+        "pause = stop them at the next engine step, swap, and sample its unfinished prompts again under the new "
         "weights. Either way each group comes from one policy version and no request sees half-updated weights."
     )
     restart_timeout_s: float = Field(
@@ -438,7 +442,8 @@ class SyncSection(Section):
     )
     staged: bool = Field(
         True, description="zmq: each generator receives the weights into memory while its engine keeps sampling, "
-        "answers the learner, and swaps them in before its next engine call (one extra model copy in host memory); "
+        "answers the learner, and swaps them in before its next engine call (one extra model copy in host memory, "
+        "kept between syncs for the next one to reuse); "
         "false: the weights are received inside the swap, after the engine call in flight."
     )
     shm_ring: bool = Field(

@@ -86,14 +86,6 @@ class SwapGate:
     def swap_waiting(self) -> bool:
         return self._swaps_waiting > 0
 
-    def yield_to_swaps(self) -> None:
-        """Inside `engine_call`: let every waiting swap run, then take the engine back."""
-        with self._cond:
-            self._busy = False
-            self._cond.notify_all()
-            self._cond.wait_for(lambda: self._free() and self._swaps_waiting == 0)
-            self._busy = True
-
 
 class EngineWeights:
     """The served version of one engine's weights and the receiving side of weight syncs.

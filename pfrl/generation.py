@@ -3,9 +3,10 @@
 `GeneratorEngine` is a plain class (the Ray actor in `actors/generator.py` is thin glue over it).
 It samples `n_samples` completions per prompt with the configured sampling parameters and a
 per-request seed derived from (run seed, prompt id, attempt, policy version), so a run is
-reproducible. Every engine call takes the `SwapGate` of its `EngineWeights`
-(pfrl/engine_weights.py), which serves one policy version at a time and takes new weights from
-the learner between engine calls.
+reproducible. Every sampling call is a round of `EngineStepper` (pfrl/engine_stepper.py), whose
+one thread steps the engine for all concurrent calls (continuous batching across requests) and
+holds the `SwapGate` of its `EngineWeights` (pfrl/engine_weights.py), which serves one policy
+version at a time and takes new weights from the learner between engine calls.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import uuid
 from typing import Any
 
 from pfrl.config import GeneratorSection, ModelSection, SyncSection
+from pfrl.engine_stepper import EngineStepper
 from pfrl.engine_weights import EngineWeights, SwapGate
 from pfrl.model_dir import check_model_dir
 from pfrl.prompting import prompt_ids
@@ -68,13 +70,14 @@ class GeneratorEngine:
         self.cfg, self.model_cfg, self.sync_cfg = gen_cfg, model_cfg, sync_cfg
         self.seed, self.generator_id = seed, generator_id
         self.instance_id = uuid.uuid4().hex[:12]
-        self._next_request = 0
         self._llm = _build_llm(model_path, gen_cfg, model_cfg, seed)
         self._tokenizer = self._llm.get_tokenizer()
         # Each worker binds its weight receiver now, so `receiver_info` never needs the engine.
         workers = self._llm.collective_rpc("pfrl_receiver_info")
         self.weights = EngineWeights(self._llm, workers, SwapGate(), sync_cfg, generator_id, self.instance_id)
         self._gate = self.weights.gate
+        self._stepper = EngineStepper(self._llm.llm_engine, self._gate, lambda: self.weights.version,
+                                      self.weights.check, gen_cfg.swap_mode == "pause", f"g{generator_id}-")
 
     @property
     def policy_version(self) -> int:
@@ -85,14 +88,8 @@ class GeneratorEngine:
     # -- sampling -------------------------------------------------------------------------------
 
     def generate(self, items: list[PromptItem]) -> list[RolloutGroup]:
-        """Sample `n_samples` completions for every item; groups come back in input order."""
-        if not items:
-            return []
-        with self._gate.engine_call():
-            self.weights.check()
-            return self._generate_locked(items)
-
-    def _generate_locked(self, items: list[PromptItem]) -> list[RolloutGroup]:
+        """Sample `n_samples` completions for every item; groups come back in input order. In
+        pause mode, the prompts a swap interrupted are sampled again under the new weights."""
         start = time.perf_counter()
         prompts = [prompt_ids(self._tokenizer, it.problem.prompt) for it in items]
         groups: dict[int, RolloutGroup] = {}
@@ -101,13 +98,13 @@ class GeneratorEngine:
                 groups[i] = self._empty_group(items[i], len(ids))
         while len(groups) < len(items):
             todo = [i for i in range(len(items)) if i not in groups]
-            version = self.policy_version
-            params = {i: self._params(items[i], len(prompts[i]), version) for i in todo}
-            finished, interrupted = self._run_requests(prompts, params)
-            for i, out in finished.items():
-                groups[i] = self._to_group(items[i], out, version)
-            if interrupted:
-                self._gate.yield_to_swaps()
+
+            def make_params(version: int, todo: list[int] = todo) -> dict[int, Any]:
+                return {i: self._params(items[i], len(prompts[i]), version) for i in todo}
+
+            rnd = self._stepper.run(prompts, make_params)
+            for i, out in rnd.finished.items():
+                groups[i] = self._to_group(items[i], out, rnd.version)
         elapsed = time.perf_counter() - start
         for g in groups.values():
             g.gen_s = elapsed
@@ -132,40 +129,6 @@ class GeneratorEngine:
             seed=request_seed(self.seed, item.problem.id + key, item.attempt, version),
         )
 
-    def _submit(self, prompts: list[list[int]], params: dict[int, Any]) -> dict[str, int]:
-        """Add one request per index in `params`; returns request id -> index."""
-        from vllm.inputs import TokensPrompt
-
-        engine = self._llm.llm_engine
-        todo = list(params)
-        inputs = engine.renderer.render_cmpl([TokensPrompt(prompt_token_ids=prompts[i]) for i in todo])
-        ids: dict[str, int] = {}
-        for i, engine_input in zip(todo, inputs, strict=True):
-            rid = f"g{self.generator_id}-{self._next_request}"
-            self._next_request += 1
-            engine.add_request(rid, engine_input, params[i])
-            ids[rid] = i
-        return ids
-
-    def _run_requests(self, prompts: list[list[int]], params: dict[int, Any]) -> tuple[dict[int, Any], bool]:
-        """Step the engine until every index in `params` is sampled, or (pause mode) a swap is
-        waiting: then abort what is unfinished and report the interruption."""
-        if not params:  # e.g. no prefix to continue in any batch (one-line solutions): vLLM refuses none
-            return {}, False
-        engine = self._llm.llm_engine
-        ids = self._submit(prompts, params)
-        finished: dict[int, Any] = {}
-        while len(finished) < len(ids):
-            if self.cfg.swap_mode == "pause" and self._gate.swap_waiting():
-                engine.abort_request([r for r, i in ids.items() if i not in finished])
-                return finished, True
-            if not engine.has_unfinished_requests():
-                raise RuntimeError(f"vLLM finished {len(finished)} of {len(ids)} requests and went idle")
-            for out in engine.step():
-                if out.finished and out.request_id in ids:
-                    finished[ids[out.request_id]] = out
-        return finished, False
-
     # -- step-level pDPO: continuations of solution prefixes --------------------------------------
 
     def complete_prefixes(self, batches: list[PrefixBatch]) -> list[PrefixRollout]:
@@ -174,9 +137,7 @@ class GeneratorEngine:
         if not batches:
             return []
         chosen = [self._choose_prefixes(b) for b in batches]
-        with self._gate.engine_call():
-            self.weights.check()
-            return self._complete_prefixes_locked(batches, chosen)
+        return self._complete_prefixes(batches, chosen)
 
     def _choose_prefixes(self, batch: PrefixBatch) -> list[list[int]]:
         from pfrl.feedback.steps import choose_prefixes, prefix_rng, step_cuts
@@ -184,21 +145,23 @@ class GeneratorEngine:
         cuts = [step_cuts([self._tokenizer.decode([t]) for t in ids]) for ids in batch.solutions]
         return choose_prefixes(batch.solutions, cuts, batch.prefixes_per_problem, prefix_rng(self.seed, batch.item))
 
-    def _complete_prefixes_locked(self, batches: list[PrefixBatch], chosen: list[list[list[int]]]) -> list[PrefixRollout]:
+    def _complete_prefixes(self, batches: list[PrefixBatch], chosen: list[list[list[int]]]) -> list[PrefixRollout]:
         start = time.perf_counter()
         where = [(b, j) for b, prefixes in enumerate(chosen) for j in range(len(prefixes))]
         prompts = [batches[b].prompt_token_ids + chosen[b][j] for b, j in where]
-        while True:  # pause mode: an interrupted pass is sampled again, whole, under the new weights
-            version = self.policy_version
-            params = {
+
+        def make_params(version: int) -> dict[int, Any]:
+            return {
                 n: self._params(batches[b].item, len(prompts[n]), version, n=batches[b].completions_per_prefix,
                                 budget=self.cfg.max_tokens - len(chosen[b][j]), key=f"/prefix{j}")
                 for n, (b, j) in enumerate(where)
             }
-            finished, interrupted = self._run_requests(prompts, params)
-            if not interrupted:
+
+        while True:  # pause mode: an interrupted pass is sampled again, whole, under the new weights
+            rnd = self._stepper.run(prompts, make_params)
+            if not rnd.interrupted:
                 break
-            self._gate.yield_to_swaps()
+        finished, version = rnd.finished, rnd.version
         elapsed = time.perf_counter() - start
         outs: list[list[Any]] = [[] for _ in batches]
         for n, (b, _) in enumerate(where):
@@ -245,8 +208,10 @@ class GeneratorEngine:
         """n completions per prompt with explicit sampling settings (temperature 0: greedy), for
         held-out evaluation under the served weights; rollouts use `generate`."""
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(
+            output_kind=RequestOutputKind.FINAL_ONLY,
             n=n,
             temperature=temperature,
             top_p=1.0 if temperature == 0 else self.cfg.top_p,
@@ -254,26 +219,32 @@ class GeneratorEngine:
             stop=list(self.cfg.stop) or None,
             seed=self.seed,
         )
-        from vllm.inputs import TokensPrompt
-
         # The same prompt ids as rollouts and the learner (not vLLM's own encoding of the text).
-        inputs = [TokensPrompt(prompt_token_ids=prompt_ids(self._tokenizer, p)) for p in prompts]
-        with self._gate.engine_call():
-            outs = self._llm.generate(inputs, params, use_tqdm=False)
+        ids = [prompt_ids(self._tokenizer, p) for p in prompts]
+        outs = self._run_all(ids, params)
         return [[c.text for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
 
     def logprobs(self, prompt: str, continuation: str) -> list[float]:
         """Log-probs of each token of `continuation` after `prompt` under the served weights
         (raw model log-probs: no temperature or top-p)."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
         p = prompt_ids(self._tokenizer, prompt)
         c = self._tokenizer.encode(continuation, add_special_tokens=False)
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-        with self._gate.engine_call():
-            out = self._llm.generate([TokensPrompt(prompt_token_ids=p + c)], params, use_tqdm=False)[0]
+        params = SamplingParams(output_kind=RequestOutputKind.FINAL_ONLY, max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        out = self._run_all([p + c], params)[0]
         return [out.prompt_logprobs[len(p) + j][tok].logprob for j, tok in enumerate(c)]
+
+    def _run_all(self, prompts: list[list[int]], params: Any) -> list[Any]:
+        """Every prompt under the same sampling settings and one version (evaluation): the engine's
+        outputs in prompt order. In pause mode a swap's interruption samples the whole set again."""
+        if not prompts:
+            return []
+        while True:
+            rnd = self._stepper.run(prompts, lambda _v: dict.fromkeys(range(len(prompts)), params))
+            if not rnd.interrupted:
+                return [rnd.finished[i] for i in range(len(prompts))]
 
     # -- weight sync: EngineWeights --------------------------------------------------------------
 
@@ -288,6 +259,7 @@ class GeneratorEngine:
 
     def shutdown(self) -> None:
         """Stop the engine's processes now rather than at garbage collection."""
+        self._stepper.stop()
         with self._gate.swap():
             self._llm.llm_engine.engine_core.shutdown()
             self.weights.close()

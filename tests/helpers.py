@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 from pfrl.types import Problem, PromptItem, RolloutGroup
 
@@ -54,13 +56,48 @@ def logged_call(gate, log: list, entry: str):
     return run
 
 
-def pausing_call(gate, log: list, in_call: threading.Event):
-    """An engine call that, once a swap is waiting, yields to it between two steps (pause mode)."""
-    def run() -> None:
-        with gate.engine_call():
-            log.append("step 1")
-            in_call.set()
-            wait_until(gate.swap_waiting)
-            gate.yield_to_swaps()  # what pause mode does at a step boundary
-            log.append("step 2")
-    return run
+@dataclass
+class FakeOutput:
+    request_id: str
+    finished: bool
+    steps: int  # how many engine steps the request ran
+    at: int  # the engine's step count when it finished
+
+
+class FakeVllmEngine:
+    """The parts of vLLM's LLMEngine that EngineStepper drives. Each request runs `params` engine steps (its 'length'); `step()` advances every live request
+    by one and returns those that finish. `hold` (when set) blocks steps until it is released."""
+
+    def __init__(self) -> None:
+        self.live: dict[str, list[int]] = {}  # request id -> [steps left, steps run]
+        self.batch_sizes: list[int] = []
+        self.aborted: list[str] = []
+        self.renderer = SimpleNamespace(render_cmpl=lambda prompts: prompts)
+        self.hold: threading.Event | None = None
+        self.stepping = threading.Event()
+
+    def add_request(self, rid: str, _prompt, length: int) -> None:
+        self.live[rid] = [length, 0]
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.live)
+
+    def abort_request(self, ids: list[str]) -> None:
+        self.aborted += ids
+        for rid in ids:
+            self.live.pop(rid, None)
+
+    def step(self) -> list[FakeOutput]:
+        self.stepping.set()
+        if self.hold is not None:
+            assert self.hold.wait(5)
+        time.sleep(0.001)
+        self.batch_sizes.append(len(self.live))
+        outs = []
+        for rid, state in list(self.live.items()):
+            state[0] -= 1
+            state[1] += 1
+            if state[0] == 0:
+                del self.live[rid]
+                outs.append(FakeOutput(rid, True, state[1], len(self.batch_sizes)))
+        return outs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from helpers import held_call, logged_call, pausing_call, start_thread, wait_until
+from helpers import held_call, logged_call, start_thread, wait_until
 
 from pfrl.engine_weights import SwapGate
 from pfrl.generation import request_seed
@@ -60,24 +60,6 @@ def test_a_waiting_swap_goes_before_the_next_engine_call():
     for t in (t1, t2, t3):
         t.join(5)
     assert log == ["swap", "call"]
-
-
-def test_yield_to_swaps_lets_the_swap_run_inside_an_engine_call():
-    gate, log = SwapGate(), []
-    in_call = threading.Event()
-
-    engine_call = pausing_call(gate, log, in_call)
-    def swap():
-        with gate.swap():
-            log.append("swap")
-
-    t1 = start_thread(engine_call)
-    assert in_call.wait(5)
-    t2 = start_thread(swap)
-    t1.join(5)
-    t2.join(5)
-    assert log == ["step 1", "swap", "step 2"]
-    assert not gate.swap_waiting()
 
 
 def test_request_seed_is_stable_and_depends_on_every_part():

@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     "pfrl.faults": CORE,  # fault-injection points the checkpoint store and the learner thread hold at
     "pfrl.generation": CORE,
     "pfrl.engine_weights": CORE,
+    "pfrl.engine_stepper": CORE,
     "pfrl.hub": CORE,
     "pfrl.hub_push": CORE,
     "pfrl.ledger": CORE,

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import held_call, logged_call, pausing_call, start_thread
+from helpers import FakeVllmEngine, held_call, logged_call, start_thread, wait_until
 
 from pfrl.config import SyncSection
+from pfrl.engine_stepper import EngineStepper
 from pfrl.engine_weights import EngineWeights, SwapGate, WeightsIncomplete
 from pfrl.errors import SyncError
 from pfrl.generation import GeneratorEngine
@@ -95,18 +96,19 @@ def test_a_newer_staged_version_replaces_one_still_waiting():
     assert applied == [2] and not gate.swap_waiting()
 
 
-def test_pause_mode_yields_to_a_staged_swap_inside_the_call():
-    gate, log = SwapGate(), []
-    swaps = StagedSwaps(gate, lambda s: log.append(f"apply v{s.version}"))
-    in_call = threading.Event()
-
-    engine_call = pausing_call(gate, log, in_call)
-    t = start_thread(engine_call)
-    assert in_call.wait(5)
+def test_pause_mode_interrupts_the_engine_for_a_staged_swap():
+    gate, engine, applied = SwapGate(), FakeVllmEngine(), []
+    swaps = StagedSwaps(gate, lambda s: applied.append(s.version))
+    stepper = EngineStepper(engine, gate, lambda: applied[-1] if applied else 0, lambda: None, True, "p-")
+    box: dict = {}
+    t = start_thread(lambda: box.setdefault("round", stepper.run([[0]], lambda _v: {0: 100_000})))
+    wait_until(lambda: len(engine.batch_sizes) > 0)  # sampling
     swaps.stage(_staged(4))
     t.join(5)
     swaps.join()
-    assert log == ["step 1", "apply v4", "step 2"]
+    assert box["round"].interrupted and box["round"].version == 0 and applied == [4]
+    assert stepper.run([[0]], lambda _v: {0: 2}).version == 4  # sampled again under the new weights
+    stepper.stop()
 
 
 def test_a_failed_apply_is_kept_and_drops_the_pending_version():
@@ -187,8 +189,14 @@ def _engine() -> GeneratorEngine:
     sync_cfg = SyncSection(transport="zmq", timeout_s=5.0)
     engine.weights = EngineWeights(engine._llm, workers, SwapGate(), sync_cfg, generator_id=0, instance_id="fake")
     engine._gate = engine.weights.gate
-    engine._generate_locked = lambda items: [engine.policy_version]  # type: ignore[method-assign]
+    engine._stepper = EngineStepper(FakeVllmEngine(), engine._gate, lambda: engine.weights.version,
+                                    engine.weights.check, False, "f-")
     return engine
+
+
+def _sample(engine: GeneratorEngine) -> int:
+    """One engine call through the engine's stepper; returns the version it sampled with."""
+    return engine._stepper.run([[0]], lambda _v: {0: 1}).version
 
 
 def _sync(engine: GeneratorEngine | EngineWeights, version: int, value: float, *, break_off: bool = False) -> dict:
@@ -236,19 +244,19 @@ def test_engine_answers_a_staged_sync_during_a_call_and_swaps_before_the_next():
     assert not release.is_set() and engine.serving_version() == 1 and engine.policy_version == 0
     release.set()
     t.join(5)
-    assert engine.generate([object()]) == [1]  # type: ignore[list-item]
+    assert _sample(engine) == 1
     assert seen == [0] and engine._llm.loaded == [1]
 
 
 def test_engine_keeps_its_weights_when_a_staged_transfer_breaks_off():
     engine = _engine()
     _sync(engine, 1, 1.0)
-    assert engine.generate([object()]) == [1]  # type: ignore[list-item]
+    assert _sample(engine) == 1
     with pytest.raises(SyncError):
         _sync(engine, 2, 2.0, break_off=True)
     # Nothing reached the model: it still serves version 1, whole, and may sample.
     assert engine.serving_version() == 1 and not engine._gate.swap_waiting()
-    assert engine.generate([object()]) == [1]  # type: ignore[list-item]
+    assert _sample(engine) == 1
     assert engine._llm.loaded == [1]
 
 
@@ -259,11 +267,11 @@ def test_engine_refuses_to_sample_after_a_staged_swap_fails_until_a_full_sync():
     engine.weights.staged.join()
     assert isinstance(engine.weights.staged.last_error, SyncError)
     with pytest.raises(WeightsIncomplete):
-        engine.generate([object()])  # type: ignore[list-item]
+        _sample(engine)
     assert engine.serving_version() == 0  # not the version it was sent: the controller sees it stale
     engine._llm.fail_next = False
     _sync(engine, 2, 2.0)
-    assert engine.generate([object()]) == [2]  # type: ignore[list-item]
+    assert _sample(engine) == 2
 
 
 def test_a_staged_version_keeps_its_memory_until_its_swap_is_done_and_then_lends_it_again():
