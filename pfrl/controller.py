@@ -43,7 +43,6 @@ from pfrl.run_state import RunState, write_run_state
 
 __all__ = ["Controller", "RunFailed"]
 
-_REQUESTS_PER_GENERATOR = 2  # one running, one queued: the engine never waits for the controller
 # How long the loop waits for a result before it looks at the learner again: a finished step is
 # seen (and the next one started) up to this late. 0.1 s was a sixth of a CPU preset step.
 _POLL_S = 0.02
@@ -119,13 +118,19 @@ class Controller:
 
     # -- generation and labelling ----------------------------------------------------------
     def _issue_prompts(self) -> None:
-        scheduler, rollouts = self.state.scheduler, self.rollouts
-        for g in self.pool.ready():
-            while scheduler.has_unissued() and rollouts.sampling(g) < _REQUESTS_PER_GENERATOR:
-                n = issue_policy.request_prompts(self._snapshot(), self.cfg.generator.prompts_per_request)
-                if n == 0:
-                    return
-                rollouts.issue(g, scheduler.next_items(n), self.pool.states[g].version)
+        """Requests to the least-loaded generator with room in its engine, while the policy asks
+        for prompts."""
+        scheduler, rollouts, gen = self.state.scheduler, self.rollouts, self.cfg.generator
+        room = issue_policy.engine_room(gen.prompts_per_request, gen.max_num_seqs, gen.n_samples)
+        ready = self.pool.ready()
+        while ready and scheduler.has_unissued():
+            g = min(ready, key=rollouts.sampling_prompts)
+            if rollouts.sampling_prompts(g) >= room:
+                return
+            n = issue_policy.request_prompts(self._snapshot(), gen.prompts_per_request)
+            if n == 0:
+                return
+            rollouts.issue(g, scheduler.next_items(n), self.pool.states[g].version)
 
     def _collect(self) -> None:
         if not self.rollouts.requests:

@@ -48,7 +48,7 @@ class PairIntake:
             for h in held:
                 self.state.account(h.group, h.result, h.pairs)
             return
-        g = min(ready, key=self.rollouts.sampling)
+        g = min(ready, key=self.rollouts.sampling_prompts)
         batches = [prefix_batch(h.group, h.result, self.cfg.labeller.step_pairs) for h in held]
         self.rollouts.issue_prefixes(g, held, batches, self.pool.states[g].version)
 

@@ -119,9 +119,9 @@ class RolloutRequests:
     def inflight_prompts(self) -> int:
         return sum(len(r.items) for r in self.requests)
 
-    def sampling(self, g: int) -> int:
-        """Requests generator g has not answered yet."""
-        return sum(r.generator == g and r.label_ref is None for r in self.requests)
+    def sampling_prompts(self, g: int) -> int:
+        """Prompts of the requests generator g has not answered yet."""
+        return sum(len(r.items) for r in self.requests if r.generator == g and r.label_ref is None)
 
     def issue(self, g: int, items: list[PromptItem], version: int) -> None:
         self.requests.append(Request(g, items, self.generators[g].generate.remote(encode(items)), version))

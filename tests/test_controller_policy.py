@@ -162,8 +162,8 @@ class FakeRollouts:
     def inflight_prompts(self):
         return sum(len(items) for _, items in self.issued)
 
-    def sampling(self, g):
-        return sum(gg == g for gg, _ in self.issued)
+    def sampling_prompts(self, g):
+        return sum(len(items) for gg, items in self.issued if gg == g)
 
     def issue(self, g, items, version):
         self.issued.append((g, items))
@@ -205,6 +205,23 @@ def test_blank_generators_get_no_prompts(tmp_path):
     c.pool.blank(0)
     c._issue_prompts()
     assert {g for g, _ in c.rollouts.issued} == {1}
+
+
+def test_requests_go_to_the_least_loaded_generator_while_its_engine_has_room(tmp_path):
+    # 2 generators, 2 prompts a request, room for 4 prompts each (max(2 x 2, 16 seqs / 8 samples));
+    # the policy wants every prompt (yield 1 pair per prompt, 4 pairs a step, lag 1: 8 prompts).
+    c = make(tmp_path, "generator.prompts_per_request=2", "generator.max_num_seqs=16",
+             "generator.num_generators=2", gens=("g0-a", "g1-a"))
+    c.state._pair_counts.append(1)  # the yield is known: past the one-request-per-generator start
+    c._issue_prompts()
+    assert [g for g, _ in c.rollouts.issued] == [0, 1, 0, 1]
+    assert [c.rollouts.sampling_prompts(g) for g in (0, 1)] == [4, 4]
+
+
+def test_engine_room_is_what_the_engine_batches_and_at_least_two_requests():
+    assert issue_policy.engine_room(8, 256, 8) == 32
+    assert issue_policy.engine_room(8, 64, 8) == 16  # two requests of 8: one runs, one waits
+    assert issue_policy.engine_room(4, 64, 0) == 64
 
 
 def test_sparse_syncs_keep_pairs_trainable_until_the_next_publication(tmp_path):

@@ -84,7 +84,7 @@ def _requests(ray, mode: str = "ok") -> RolloutRequests:
 def test_rollouts_and_prefix_requests_become_their_own_events(ray_local):
     rollouts = _requests(ray_local)
     rollouts.issue(0, _items(2), version=3)
-    assert rollouts.sampling(0) == 1 and rollouts.inflight_prompts() == 2
+    assert rollouts.sampling_prompts(0) == 2 and rollouts.inflight_prompts() == 2
     (labelled,) = _drain(rollouts)
     assert isinstance(labelled, Labelled) and [r.prompt_id for r in labelled.results] == ["p0", "p1"]
     held = [Held(g, r, []) for g, r in zip(labelled.groups, labelled.results, strict=True)]
@@ -108,7 +108,7 @@ def test_poll_hands_back_an_answer_without_waiting_for_the_others(ray_local):
     while not events:
         events = rollouts.poll(5.0)
     assert isinstance(events[0], Labelled)
-    assert rollouts.sampling(1) == 1  # the slow generator is still sampling
+    assert rollouts.sampling_prompts(1) == 1  # the slow generator is still sampling
 
 
 def test_a_failed_weight_swap_loses_the_requests_instead_of_ending_the_run(ray_local):
