@@ -27,6 +27,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+# Standard deviations of the in-flight yield kept below the pairs the next step needs (one-sided
+# normal bound: 1.0 overshoots about one time in six). bench e2e on the CPU preset, 20 updates, two
+# runs each: 0 (the mean, rounded down) dropped 39-50 pairs of 640 as stale, 0.5 dropped 32-41,
+# 1.0 dropped 15-19, at 0.75-0.79, 0.78-0.83 and 0.80-0.83 s per update (docs/benchmarks.md run 20).
+SPREAD_Z = 1.0
+
 
 @dataclass(frozen=True)
 class LoopSnapshot:
@@ -48,6 +54,7 @@ class LoopSnapshot:
     expiring: int = 0  # buffered pairs the step in flight's publication makes stale (0 when none is)
     yield_known: bool = True  # some prompt has been labelled (else pairs_per_prompt is a guess)
     num_generators: int = 1
+    pairs_per_prompt_sd: float = 0.0  # spread of the recent per-prompt yields
 
     @property
     def lockstep(self) -> bool:
@@ -86,8 +93,27 @@ def prompt_deficit(s: LoopSnapshot) -> int:
     yield_ = max(s.pairs_per_prompt, 0.1)
     steps = 1 if s.lockstep else trainable_steps(s)
     target = min(s.pairs_per_step * steps, s.capacity)
+    if s.learner_busy and steps == 1:
+        return _last_step_prompts(s, target - usable_buffered(s), yield_)
     missing = target - usable_buffered(s) - s.inflight_prompts * s.pairs_per_prompt
     return max(0, math.ceil(missing / yield_))
+
+
+def _last_step_prompts(s: LoopSnapshot, need: float, yield_: float) -> int:
+    """Prompts to add while the learner steps and only the next step can train what is sampled
+    now: every pair beyond `need` is dropped stale at the sync after that step. A prompt makes
+    0-4 pairs, so aiming the in-flight prompts' mean yield at `need` overshoots half the time
+    (by ~4 pairs on 32, 7-9% of pairs trained on the CPU preset). Instead the prompts in flight,
+    `m`, stay where their yield exceeds `need` with about one chance in six: mean
+    `m * yield + SPREAD_Z * sd * sqrt(m) <= need`. The prompts they leave out go as top-ups once
+    earlier ones are labelled (less uncertain, so the bound lets them out), at least one prompt
+    whenever nothing is in flight."""
+    if need <= 0:
+        return 0
+    spread = SPREAD_Z * s.pairs_per_prompt_sd
+    root = (-spread + math.sqrt(spread * spread + 4 * yield_ * need)) / (2 * yield_)
+    fits = math.floor(root * root + 1e-9)  # the largest m that keeps the bound
+    return max(fits - s.inflight_prompts, 0 if s.inflight_prompts else 1)
 
 
 def usable_buffered(s: LoopSnapshot) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -74,6 +75,7 @@ class RunState:
             steps_done=self.counters.step, max_steps=cfg.run.max_steps, sync_every_steps=cfg.sync.every_steps,
             expiring=self._expiring() if learner_busy else 0,
             yield_known=bool(self._pair_counts), num_generators=cfg.generator.num_generators,
+            pairs_per_prompt_sd=statistics.pstdev(self._pair_counts) if len(self._pair_counts) > 1 else 0.0,
         )
 
     def _expiring(self) -> int:

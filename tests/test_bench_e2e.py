@@ -35,6 +35,7 @@ def test_pfrl_figures_read_the_first_n_steps():
     assert (fig.wall_s, fig.train_s, fig.s_per_update) == (13.0, 8.0, 1.5)
     assert fig.pairs_trained == 96 and fig.stale_dropped == 3
     assert fig.learner_idle_frac == pytest.approx(0.2) and fig.tokens_per_s == pytest.approx(200.0)
+    assert fig.learner_idle_after_first == pytest.approx(0.25)  # steps 2 and 3: the s/update window
     assert fig.sync_ms == 70.0 and fig.step_s == 1.0
 
 

@@ -113,10 +113,13 @@ def test_bad_inputs_fail_fast_with_one_line(tmp_path, boot_math):
 
 def test_step_level_pdpo_online(boot_math, tmp_path):
     """pDPO through the real actors: prefixes of labelled groups go back to the generator for 3
-    continuations each, the labeller values them, and prefix pairs are trained beside whole ones."""
+    continuations each, the labeller values them, and prefix pairs are trained beside whole ones.
+    64 prompts: the bootstrap model votes few groups into pairs at first (0.17 a prompt), so the loop
+    sends out up to its engine room (32 prompts) at once, and with 32 the iteration could run out
+    after 2 steps."""
     run_dir = tmp_path / "pdpo"
     proc = _train(*short_run(boot_math, run_dir, "labeller.source=self_consistency", "labeller.step_pairs.ratio=1.0",
-                             "run.iterations=1", "data.prompts_per_iteration=32", "run.max_steps=4",
+                             "run.iterations=1", "data.prompts_per_iteration=64", "run.max_steps=4",
                              "metrics.eval_every_steps=null"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = [r for r in _records(run_dir) if "dpo/loss" in r]
