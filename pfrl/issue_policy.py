@@ -30,7 +30,7 @@ from dataclasses import dataclass
 # Standard deviations of the in-flight yield kept below the pairs the next step needs (one-sided
 # normal bound: 1.0 overshoots about one time in six). bench e2e on the CPU preset, 20 updates, two
 # runs each: 0 (the mean, rounded down) dropped 39-50 pairs of 640 as stale, 0.5 dropped 32-41,
-# 1.0 dropped 15-19, at 0.75-0.79, 0.78-0.83 and 0.80-0.83 s per update (docs/benchmarks.md run 20).
+# 1.0 dropped 15-19, at 0.75-0.79, 0.78-0.83 and 0.80-0.83 s per update (docs/benchmarks.md run 19).
 SPREAD_Z = 1.0
 
 
@@ -155,8 +155,9 @@ def engine_room(per_request: int, max_num_seqs: int, n_samples: int) -> int:
     their samples (`max_num_seqs / n_samples`); beyond that they would only queue inside vLLM,
     committed to the version they were issued under. Two requests at least, so that one is always
     waiting when another finishes and the engine never waits for the controller. Measured on the
-    tiny math preset (docs/benchmarks.md, bench e2e runs 18-19): two requests of 8 prompts on an
-    engine of 64 sequences, 0.83-0.87 s per update; room for 32 prompts on 256, 0.74-0.80 s."""
+    tiny math preset (docs/benchmarks.md, bench e2e run 18): one request at a time in an engine of
+    64 sequences (before the stepper), 0.83-0.87 s per update; requests sharing the engine with
+    room for 32 prompts on 256 sequences, 0.74-0.80 s."""
     return max(2 * per_request, max_num_seqs // max(n_samples, 1))
 
 
