@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pfrl.config import GeneratorSection, ModelSection, SyncSection
-from pfrl.engine_stepper import EngineStepper
+from pfrl.engine_stepper import EngineStepper, Round
 from pfrl.engine_weights import EngineWeights, SwapGate
 from pfrl.model_dir import check_model_dir
 from pfrl.prompting import prompt_ids
@@ -157,10 +158,7 @@ class GeneratorEngine:
                 for n, (b, j) in enumerate(where)
             }
 
-        while True:  # pause mode: an interrupted pass is sampled again, whole, under the new weights
-            rnd = self._stepper.run(prompts, make_params)
-            if not rnd.interrupted:
-                break
+        rnd = self._run_whole(prompts, make_params)
         finished, version = rnd.finished, rnd.version
         elapsed = time.perf_counter() - start
         outs: list[list[Any]] = [[] for _ in batches]
@@ -237,14 +235,19 @@ class GeneratorEngine:
         return [out.prompt_logprobs[len(p) + j][tok].logprob for j, tok in enumerate(c)]
 
     def _run_all(self, prompts: list[list[int]], params: Any) -> list[Any]:
-        """Every prompt under the same sampling settings and one version (evaluation): the engine's
-        outputs in prompt order. In pause mode a swap's interruption samples the whole set again."""
+        """Every prompt under the same sampling settings (evaluation): outputs in prompt order."""
         if not prompts:
             return []
+        rnd = self._run_whole(prompts, lambda _v: dict.fromkeys(range(len(prompts)), params))
+        return [rnd.finished[i] for i in range(len(prompts))]
+
+    def _run_whole(self, prompts: list[list[int]], make_params: Callable[[int], dict[int, Any]]) -> Round:
+        """One round sampled whole under one version: in pause mode, a round a swap interrupted is
+        sampled again, all of it, under the new weights."""
         while True:
-            rnd = self._stepper.run(prompts, lambda _v: dict.fromkeys(range(len(prompts)), params))
+            rnd = self._stepper.run(prompts, make_params)
             if not rnd.interrupted:
-                return [rnd.finished[i] for i in range(len(prompts))]
+                return rnd
 
     # -- weight sync: EngineWeights --------------------------------------------------------------
 
