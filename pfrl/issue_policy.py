@@ -27,10 +27,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# Standard deviations of the in-flight yield kept below the pairs the next step needs (one-sided
-# normal bound: 1.0 overshoots about one time in six). bench e2e on the CPU preset, 20 updates, two
-# runs each: 0 (the mean, rounded down) dropped 39-50 pairs of 640 as stale, 0.5 dropped 32-41,
-# 1.0 dropped 15-19, at 0.75-0.79, 0.78-0.83 and 0.80-0.83 s per update (docs/benchmarks.md run 19).
+# Standard deviations of the in-flight yield kept below the pairs that the steps able to train them
+# need (one-sided normal bound: 1.0 overshoots about one time in six). bench e2e on the CPU preset,
+# 20 updates, two runs each, the bound applied while the learner steps: 0 (the mean, rounded down)
+# dropped 39-50 pairs of 640 as stale, 0.5 dropped 32-41, 1.0 dropped 15-19, at 0.75-0.79,
+# 0.78-0.83 and 0.80-0.83 s per update; applied always, `make demo` 181-201 -> 113-129 stale of
+# about 2,900 trained (docs/benchmarks.md run 19).
 SPREAD_Z = 1.0
 
 
@@ -93,21 +95,23 @@ def prompt_deficit(s: LoopSnapshot) -> int:
     yield_ = max(s.pairs_per_prompt, 0.1)
     steps = 1 if s.lockstep else trainable_steps(s)
     target = min(s.pairs_per_step * steps, s.capacity)
-    if s.learner_busy and steps == 1:
-        return _last_step_prompts(s, target - usable_buffered(s), yield_)
+    if not s.lockstep:
+        return _prompts_within_need(s, target - usable_buffered(s), yield_)
     missing = target - usable_buffered(s) - s.inflight_prompts * s.pairs_per_prompt
     return max(0, math.ceil(missing / yield_))
 
 
-def _last_step_prompts(s: LoopSnapshot, need: float, yield_: float) -> int:
-    """Prompts to add while the learner steps and only the next step can train what is sampled
-    now: every pair beyond `need` is dropped stale at the sync after that step. A prompt makes
-    0-4 pairs, so aiming the in-flight prompts' mean yield at `need` overshoots half the time
-    (by ~4 pairs on 32, 7-9% of pairs trained on the CPU preset). Instead the prompts in flight,
-    `m`, stay where their yield exceeds `need` with about one chance in six: mean
-    `m * yield + SPREAD_Z * sd * sqrt(m) <= need`. The prompts they leave out go as top-ups once
-    earlier ones are labelled (less uncertain, so the bound lets them out), at least one prompt
-    whenever nothing is in flight."""
+def _prompts_within_need(s: LoopSnapshot, need: float, yield_: float) -> int:
+    """Prompts to add so that what is in flight rarely brings more pairs than the steps that can
+    train them need: the surplus is dropped stale after the last of those steps. A prompt makes 0-4
+    pairs, so aiming the in-flight prompts' mean yield at `need` overshot half the time (7-9% of
+    pairs trained on the CPU preset with answer checks, more with the demo's low, uneven vote
+    yield). Instead the prompts in flight, `m`, stay where their yield exceeds `need` with about one
+    chance in six: `m * yield + SPREAD_Z * sd * sqrt(m) <= need`. The prompts this leaves out go as
+    top-ups once earlier ones are labelled (less uncertain, so the bound lets them out), at least
+    one prompt whenever nothing is in flight. A waiting learner's own step is not held back:
+    `request_prompts` sends first the prompts it lacks at the mean. Lockstep keeps the mean: it
+    trains only whole rounds, so a short round costs a second one."""
     if need <= 0:
         return 0
     spread = SPREAD_Z * s.pairs_per_prompt_sd

@@ -66,7 +66,7 @@ def test_pairs_the_coming_sync_makes_stale_do_not_count_as_buffered():
     assert issue_policy.prompt_deficit(replace(busy, learner_busy=False)) == 17  # waiting: all 30 count
 
 
-def test_while_learning_the_next_steps_prompts_stay_below_its_need_by_the_yields_spread():
+def test_prompts_in_flight_stay_below_the_need_by_the_yields_spread():
     """Aimed at the mean, the prompts for the next step overshot its 32 pairs half the time, and
     the surplus was dropped stale after that step (7-9% of pairs trained on the CPU preset)."""
     busy = replace(SNAP, pairs_per_step=32, capacity=256, unissued_prompts=640, pairs_per_prompt=2.0,
@@ -78,9 +78,12 @@ def test_while_learning_the_next_steps_prompts_stay_below_its_need_by_the_yields
     assert issue_policy.prompt_deficit(replace(busy, buffered=27)) == 1
     assert issue_policy.prompt_deficit(replace(busy, buffered=31)) == 1  # nothing in flight: a prompt anyway
     assert issue_policy.prompt_deficit(replace(busy, buffered=32)) == 0
-    # waiting, the next step trains the surplus: the mean rule over two steps stands
-    assert issue_policy.prompt_deficit(replace(busy, learner_busy=False)) == 32
-
+    # waiting: the same bound over the two steps' 64 pairs (28 prompts, not 32)...
+    assert issue_policy.prompt_deficit(replace(busy, learner_busy=False)) == 28
+    # ...but the first request carries what the waiting step lacks, at the mean
+    assert issue_policy.request_prompts(replace(busy, learner_busy=False, buffered=24), 8) == 4
+    lockstep = replace(busy, max_policy_lag=0, learner_busy=False)
+    assert issue_policy.prompt_deficit(lockstep) == 16  # a whole round at the mean
 
 def test_a_waiting_learner_gets_a_request_of_only_the_prompts_its_step_lacks():
     e2e = replace(SNAP, pairs_per_step=32, capacity=256, unissued_prompts=640, pairs_per_prompt=2.0)
