@@ -112,16 +112,25 @@ class EngineStepper:
             self._step()
 
     def _admit(self) -> None:
-        with self._cond:
-            rounds, self._waiting = self._waiting, []
+        """Every waiting round into the engine, at the version it serves now. A round whose settings
+        or prompts are refused fails alone; the others go on."""
         version = self._version()
-        for rnd in rounds:
+        while True:
+            with self._cond:
+                if not self._waiting:
+                    return
+                rnd = self._waiting.pop(0)
             rnd.version = version
-            params = rnd.make_params(version)
-            if not params:  # e.g. no prefix to continue in any batch: vLLM refuses an empty call
+            try:
+                params = rnd.make_params(version)
+                if params:
+                    self._submit(rnd, params)
+                else:  # e.g. no prefix to continue in any batch: vLLM refuses an empty call
+                    rnd.done.set()
+            except Exception as e:  # noqa: BLE001 - handed to the round's caller
+                self._withdraw(rnd)
+                rnd.error = e
                 rnd.done.set()
-                continue
-            self._submit(rnd, params)
 
     def _submit(self, rnd: Round, params: dict[int, Any]) -> None:
         from vllm.inputs import TokensPrompt
@@ -151,6 +160,15 @@ class EngineStepper:
         for rnd in self._abort_active():
             rnd.interrupted = True
             rnd.done.set()
+
+    def _withdraw(self, rnd: Round) -> None:
+        """Take one round's requests (those it got in before a refusal) out of the engine."""
+        ids = list(rnd.live)
+        for rid in ids:
+            self._active.pop(rid, None)
+        rnd.live.clear()
+        if ids:
+            self._engine.abort_request(ids)
 
     def _abort_active(self) -> list[Round]:
         """Take every unfinished request out of the engine; returns their rounds."""

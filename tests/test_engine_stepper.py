@@ -139,6 +139,41 @@ def test_an_engine_error_fails_the_rounds_in_it_and_aborts_their_requests():
     stepper.stop()
 
 
+def test_a_round_the_engine_refuses_fails_alone_and_takes_its_requests_out():
+    engine, _, _, stepper = make()
+    engine.hold = threading.Event()
+    t_good, good = run_in_thread(stepper, 5)
+    assert engine.stepping.wait(5)
+
+    def refused(_version):  # the second prompt is refused after the first got in
+        return {0: 3, 1: "too long"}
+
+    real_add = engine.add_request
+
+    def add_request(rid, prompt, length):
+        if not isinstance(length, int):
+            raise ValueError("prompt longer than max_model_len")
+        real_add(rid, prompt, length)
+
+    engine.add_request = add_request
+    bad: dict = {}
+
+    def run_bad():
+        try:
+            stepper.run([[0], [0]], refused)
+        except ValueError as e:
+            bad["error"] = e
+
+    t_bad = start_thread(run_bad)
+    wait_until(lambda: stepper._waiting)  # queued while the good round's step is held
+    engine.hold.set()
+    t_bad.join(5)
+    t_good.join(5)
+    assert "max_model_len" in str(bad["error"]) and len(engine.aborted) == 1  # its first request came out
+    assert good["round"].finished[0].steps == 5 and not engine.live
+    stepper.stop()
+
+
 def test_a_round_with_nothing_to_sample_returns_at_once_and_stop_refuses_new_rounds():
     engine, _, _, stepper = make()
     rnd = stepper.run([[0]], lambda _v: {})
