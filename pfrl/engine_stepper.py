@@ -57,6 +57,7 @@ class EngineStepper:
         self._active: dict[str, Round] = {}  # request id -> its round (only the stepper thread touches it)
         self._next_request = 0
         self._stopped = False
+        self._omp_threads = _omp_threads()  # what the engine was built with, in this thread
         self._thread = threading.Thread(target=self._serve, name=f"{request_prefix}stepper", daemon=True)
         self._thread.start()
 
@@ -84,6 +85,7 @@ class EngineStepper:
     # -- the stepper thread -----------------------------------------------------------------------
 
     def _serve(self) -> None:
+        _set_omp_threads(self._omp_threads)
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._waiting or self._stopped)
@@ -193,3 +195,20 @@ class EngineStepper:
         for rnd in rounds:
             rnd.error = error
             rnd.done.set()
+
+
+# vLLM's CPU attention plans each step for the OpenMP thread count of the thread that steps it and
+# checks it again in the kernel; a thread started after the engine was built may count differently
+# (seen: a process that had set torch to 1 thread, an engine built with 2: "Check failed:
+# metadata->thread_num == thread_num (2 vs. 1)"). The stepper thread takes its builder's count.
+def _omp_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _set_omp_threads(n: int) -> None:
+    import torch
+
+    # torch._C's setter: vLLM's CPU worker replaces torch.set_num_threads with a no-op once it binds threads.
+    torch._C.set_num_threads(n)

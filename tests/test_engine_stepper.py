@@ -181,3 +181,31 @@ def test_a_round_with_nothing_to_sample_returns_at_once_and_stop_refuses_new_rou
     stepper.stop()
     with pytest.raises(RuntimeError, match="shut down"):
         stepper.run(*lengths(1))
+
+
+_BUILT_WITH_ONE_THREAD = """
+import sys, torch
+torch.set_num_threads(1)  # as a process that set its threads before building the engine
+from pfrl.config import GeneratorSection, ModelSection, SyncSection
+from pfrl.generation import GeneratorEngine
+from pfrl.types import Problem, PromptItem
+engine = GeneratorEngine(sys.argv[1], GeneratorSection(n_samples=2, max_tokens=8), ModelSection(max_length=256),
+                         SyncSection(), seed=0)
+try:
+    (group,) = engine.generate([PromptItem(Problem(id="p", prompt="Question: 1+1?\\nAnswer:", answer="2"), 0)])
+    print("sampled", len(group.completions))
+finally:
+    engine.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_real_engine_built_after_torch_was_set_to_one_thread_samples_from_the_stepper(tiny_math_model):
+    """vLLM's CPU attention checks the OpenMP thread count it planned a step for; the stepper thread
+    used to count 1 where the engine was built with 2 and the kernel aborted (CI, test_prompting)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _BUILT_WITH_ONE_THREAD, tiny_math_model],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "sampled 2" in proc.stdout, proc.stderr[-2000:]
