@@ -22,6 +22,7 @@ aborted and their rounds come back `interrupted`; callers sample what is missing
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -174,22 +175,20 @@ class EngineStepper:
 
     def _abort_active(self) -> list[Round]:
         """Take every unfinished request out of the engine; returns their rounds."""
-        rounds = list({id(r): r for r in self._active.values()}.values())
-        ids = list(self._active)
-        self._active.clear()
+        rounds = self._running_rounds()
         for rnd in rounds:
-            rnd.live.clear()
-        if ids:
-            self._engine.abort_request(ids)
+            self._withdraw(rnd)
         return rounds
+
+    def _running_rounds(self) -> list[Round]:
+        return list({id(r): r for r in self._active.values()}.values())
 
     def _fail_all(self, error: BaseException) -> None:
         """Every round running or waiting gets `error` (the engine may be unusable after it)."""
-        running = list({id(r): r for r in self._active.values()}.values())
-        try:
-            self._abort_active()
-        except Exception:  # a dead engine cannot abort; its rounds fail all the same
-            self._active.clear()
+        running = self._running_rounds()
+        for rnd in running:
+            with contextlib.suppress(Exception):  # a dead engine cannot abort; its rounds fail all the same
+                self._withdraw(rnd)
         with self._cond:
             rounds, self._waiting = running + self._waiting, []
         for rnd in rounds:
