@@ -119,7 +119,11 @@ class GeneratorSection(Section):
         64, ge=1, description="vLLM max concurrent sequences; a generator takes prompts while its engine has room for "
         "their n_samples each (at least two requests)."
     )
-    enforce_eager: bool = Field(True, description="Skip CUDA graph capture (faster start, slower decode).")
+    enforce_eager: bool = Field(
+        True, description="Run the model eagerly: faster engine start, slower decode. false: vLLM compiles it "
+        "(torch.compile; on GPUs also CUDA graphs), which on CPU takes 11-25 s more per engine start for about a "
+        "fifth less time per generated token on the tiny presets (docs/generation.md)."
+    )
     engine_in_process: bool = Field(
         True, description="With tensor_parallel_size 1, run vLLM's engine core and worker inside the generator "
         "actor instead of two child processes: much faster engine start, no per-step IPC. Tensor-parallel engines "

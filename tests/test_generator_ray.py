@@ -65,18 +65,23 @@ def _items(n: int, start: int = 0) -> list[PromptItem]:
     ]
 
 
-@pytest.fixture(scope="module")
-def cluster(ray_local, tiny_math_model):
+def _spawn_generator(model_path: str, generator_id: int = 0, **gen_overrides):
     from actors.generator import spawn_generator
 
+    gen_cfg = GeneratorSection(n_samples=N_SAMPLES, max_tokens=12, prompts_per_request=2, max_restarts=1,
+                               **gen_overrides)
+    model_cfg = ModelSection(max_length=256, dtype="float32")
+    return spawn_generator(
+        model_path, gen_cfg, model_cfg, SyncSection(), 0, generator_id, 0.5, num_gpus=min(GPUS, 1)
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_local, tiny_math_model):
     ray = ray_local
     # Test classes are not importable by Ray workers: ship this module by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    gen_cfg = GeneratorSection(n_samples=N_SAMPLES, max_tokens=12, prompts_per_request=2, max_restarts=1)
-    model_cfg = ModelSection(max_length=256, dtype="float32")
-    gen = spawn_generator(
-        tiny_math_model, gen_cfg, model_cfg, SyncSection(), 0, 0, 0.5, num_gpus=min(GPUS, 1)
-    )
+    gen = _spawn_generator(tiny_math_model)
     learner_gpu = GPUS >= 2  # NCCL needs the learner on a GPU of its own
     learner = (
         ray.remote(TinyLearner)
@@ -230,3 +235,23 @@ def test_killed_generator_is_restarted_and_resynced(cluster):
     groups = _generate(ray, gen, _items(2, start=30))
     assert [g.policy_version for g in groups] == [4, 4]
     assert health["pid"] != before["pid"] and not psutil.pid_exists(before["pid"])  # the engine went with it
+
+
+def test_compiled_engine_samples_with_each_synced_version(cluster, tiny_math_model):
+    """`enforce_eager: false` (the tiny presets' setting): on CPU vLLM runs the model through
+    torch.compile. The graphs are built once, at engine start, around the weights of that moment;
+    every staged sync after that must reach them (two syncs: the second must replace the first)."""
+    from pfrl.transport.weights import WeightSync, sync_weights
+
+    ray, _, learner = cluster
+    gen = _spawn_generator(tiny_math_model, generator_id=1, enforce_eager=False)
+    try:
+        for version in (11, 12):
+            ray.get(learner.perturb.remote(seed=version))
+            stats = sync_weights(learner, [gen], version, SyncSection(transport="zmq", timeout_s=60), WeightSync())
+            assert stats["versions"] == [version]
+            _assert_same_logprobs(ray, gen, learner)
+            groups = _generate(ray, gen, _items(2, start=40))
+            assert [g.policy_version for g in groups] == [version, version]
+    finally:
+        ray.get(gen.stop.remote(), timeout=60)
