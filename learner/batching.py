@@ -5,7 +5,11 @@ those are trained on exactly. Otherwise the prompt is encoded the way the genera
 (`pfrl.prompting.prompt_ids`) and the completion without special tokens, plus EOS: the sequence the
 policy would have produced had it stopped.
 Only completion tokens are scored; prompt and padding positions are masked out. A micro-batch holds
-the chosen sequences of its pairs followed by their rejected sequences, so one forward covers both.
+each distinct (prompt + completion) sequence of its pairs once, and per pair the rows of its chosen
+and rejected sides, so one forward covers both. Pairs of one prompt often share a sequence (one
+rejected sample against several chosen ones, or a small policy sampling the same text twice):
+scoring it once and indexing it twice gives the same loss and the same gradient (a row used twice
+receives its gradient twice) for fewer forward rows.
 """
 
 from __future__ import annotations
@@ -38,17 +42,29 @@ class TokenizedPair:
 
 @dataclass(slots=True)
 class MicroBatch:
-    input_ids: torch.Tensor  # [2n, T]: n chosen rows, then n rejected rows
-    attention_mask: torch.Tensor  # [2n, T]
-    loss_mask: torch.Tensor  # [2n, T]: 1 where the token is a completion token
+    """R distinct right-padded rows (R <= 2n) for n pairs. Without shared sequences the rows are the
+    n chosen sequences, then the n rejected ones (`chosen_rows` = 0..n-1, `rejected_rows` = n..2n-1)."""
+
+    input_ids: torch.Tensor  # [R, T]
+    attention_mask: torch.Tensor  # [R, T]
+    loss_mask: torch.Tensor  # [R, T]: 1 where the token is a completion token
+    chosen_rows: torch.Tensor  # [n] long: the row of each pair's chosen sequence
+    rejected_rows: torch.Tensor  # [n] long: the row of each pair's rejected sequence
     n_pairs: int
-    n_tokens: int
+    n_tokens: int  # real tokens of all 2n sequences, shared ones counted per use (what was trained on)
+
+    @property
+    def n_rows(self) -> int:
+        """Sequences the forward passes score."""
+        return self.input_ids.shape[0]
 
     def to(self, device: torch.device | str) -> MicroBatch:
         return MicroBatch(
             self.input_ids.to(device),
             self.attention_mask.to(device),
             self.loss_mask.to(device),
+            self.chosen_rows.to(device),
+            self.rejected_rows.to(device),
             self.n_pairs,
             self.n_tokens,
         )
@@ -98,17 +114,40 @@ def tokenize_pairs(tokenizer, pairs: Sequence[PreferencePair], max_length: int) 
     return [tokenize_pair(tokenizer, p, max_length) for p in pairs]
 
 
+def group_by_prompt(items: Sequence[TokenizedPair]) -> list[list[TokenizedPair]]:
+    """The pairs of each prompt (by its token ids), prompts in order of first arrival and pairs in
+    arrival order within one. Only pairs in one micro-batch can share a scored row (`collate`), and
+    shared rows come from pairs of one prompt: packing keeps each group together where it can."""
+    groups: dict[tuple[int, ...], list[TokenizedPair]] = {}
+    for t in items:
+        groups.setdefault(tuple(t.prompt), []).append(t)
+    return list(groups.values())
+
+
 def pack_by_pairs(items: Sequence[TokenizedPair], pairs_per_batch: int) -> list[list[TokenizedPair]]:
-    return [list(items[i : i + pairs_per_batch]) for i in range(0, len(items), pairs_per_batch)]
+    """Fixed-size slices of the pairs grouped by prompt (pairs usually arrive so already, and then
+    the order is unchanged); a group still straddles a slice boundary when it must."""
+    ordered = [t for group in group_by_prompt(items) for t in group]
+    return [ordered[i : i + pairs_per_batch] for i in range(0, len(ordered), pairs_per_batch)]
+
+
+def _length_sorted_groups(items: Sequence[TokenizedPair]) -> list[TokenizedPair]:
+    """Prompt groups by their longest pair, longest first, each group's pairs longest first. With one
+    pair per prompt this is a plain sort by length; otherwise a short pair travels with its prompt's
+    longer ones, trading a little padding for the rows they share."""
+    groups = [sorted(g, key=lambda t: t.longest, reverse=True) for g in group_by_prompt(items)]
+    groups.sort(key=lambda g: g[0].longest, reverse=True)
+    return [t for g in groups for t in g]
 
 
 def pack_by_tokens(items: Sequence[TokenizedPair], token_budget: int) -> list[list[TokenizedPair]]:
     """Greedy packing of length-sorted pairs under a padded-token budget (2 x pairs x longest row).
     Sorting keeps similar lengths together, so little of the budget goes to padding; a pair longer
-    than the budget on its own still gets a micro-batch of one."""
+    than the budget on its own still gets a micro-batch of one. The budget counts every pair's two
+    rows, shared or not: it bounds memory whatever the data, and sharing only lowers the cost."""
     batches: list[list[TokenizedPair]] = []
     current: list[TokenizedPair] = []
-    for item in sorted(items, key=lambda t: t.longest, reverse=True):
+    for item in _length_sorted_groups(items):
         longest = max([item.longest] + [t.longest for t in current])
         if current and 2 * (len(current) + 1) * longest > token_budget:
             batches.append(current)
@@ -140,9 +179,31 @@ def split_to_count(batches: list[list[TokenizedPair]], count: int) -> list[list[
     return out
 
 
+Row = tuple[list[int], list[int]]  # (prompt ids, completion ids)
+
+
+def distinct_rows(items: Sequence[TokenizedPair]) -> tuple[list[Row], list[int], list[int]]:
+    """Each distinct (prompt, completion) once, chosen sides first, in order of first use; and the
+    row index of each pair's chosen and rejected side. The key is the exact token ids on both sides
+    of the loss-mask boundary: the same text split differently is scored differently."""
+    index: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+    rows: list[Row] = []
+
+    def row_of(prompt: list[int], completion: list[int]) -> int:
+        key = (tuple(prompt), tuple(completion))
+        if key not in index:
+            index[key] = len(rows)
+            rows.append((prompt, completion))
+        return index[key]
+
+    chosen = [row_of(t.prompt, t.chosen) for t in items]
+    rejected = [row_of(t.prompt, t.rejected) for t in items]
+    return rows, chosen, rejected
+
+
 def collate(items: Sequence[TokenizedPair], pad_id: int) -> MicroBatch:
-    """Right-padded [2n, T] tensors; the loss mask marks the completion tokens only."""
-    rows = [(t.prompt, t.chosen) for t in items] + [(t.prompt, t.rejected) for t in items]
+    """Right-padded [R, T] tensors over the distinct rows; the loss mask marks completion tokens."""
+    rows, chosen, rejected = distinct_rows(items)
     width = max(len(p) + len(c) for p, c in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
@@ -152,7 +213,9 @@ def collate(items: Sequence[TokenizedPair], pad_id: int) -> MicroBatch:
         input_ids[i, :n] = torch.tensor(prompt + completion, dtype=torch.long)
         attention[i, :n] = 1
         loss_mask[i, len(prompt) : n] = 1
-    return MicroBatch(input_ids, attention, loss_mask, len(items), sum(t.tokens for t in items))
+    index = torch.tensor(chosen + rejected, dtype=torch.long)
+    n_tokens = sum(t.tokens for t in items)
+    return MicroBatch(input_ids, attention, loss_mask, index[: len(items)], index[len(items) :], len(items), n_tokens)
 
 
 def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -171,14 +234,16 @@ def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
 def sequence_logps(
     logits: torch.Tensor, batch: MicroBatch, length_normalize: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(chosen log-probs, rejected log-probs, chosen token-mean NLL), each of shape [n_pairs].
+    """(chosen log-probs, rejected log-probs, chosen token-mean NLL), each of shape [n_pairs], from
+    the logits of the batch's distinct rows.
 
-    Log-probs are sums over completion tokens, or means when `length_normalize`."""
+    Log-probs are sums over completion tokens, or means when `length_normalize`. Indexing a row for
+    each pair that uses it routes each use's gradient back to that row's logits, where they add up."""
     mask = batch.loss_mask[:, 1:].to(logits.device, torch.float32)
     per_token = token_logps(logits, batch.input_ids.to(logits.device)) * mask
     summed = per_token.sum(-1)
     counts = mask.sum(-1).clamp(min=1)
     seq = summed / counts if length_normalize else summed
-    n = batch.n_pairs
-    chosen_nll = -summed[:n] / counts[:n]
-    return seq[:n], seq[n:], chosen_nll
+    chosen, rejected = batch.chosen_rows.to(logits.device), batch.rejected_rows.to(logits.device)
+    chosen_nll = -summed[chosen] / counts[chosen]
+    return seq[chosen], seq[rejected], chosen_nll

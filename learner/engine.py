@@ -102,7 +102,7 @@ class DPOEngine:
         plan, global_pairs = self._plan(items)
         self.engine.train()
         sums = dict.fromkeys(LOSS_KEYS, 0.0)
-        tokens = 0
+        tokens = rows = 0
         for i, (batch_items, real) in enumerate(plan):
             self.engine.set_gradient_accumulation_boundary(i == len(plan) - 1)
             mb = collate(batch_items, self.pad_id).to(self.device)
@@ -111,6 +111,7 @@ class DPOEngine:
             self.engine.backward(loss * weight, scale_wrt_gas=False)
             if real:
                 tokens += mb.n_tokens
+                rows += mb.n_rows
                 for key in LOSS_KEYS:
                     sums[key] += metrics[key] * mb.n_pairs
         lr = float(self.engine.get_lr()[0])
@@ -123,6 +124,8 @@ class DPOEngine:
                 "learner/reference_version": float(self.reference_step),
                 "learner/pairs": float(len(items)),
                 "learner/tokens": float(tokens),
+                # Distinct sequences scored, against 2 x pairs: what pairs sharing a sequence saved.
+                "learner/rows": float(rows),
                 "learner/micro_batches": float(len(plan)),
                 "learner/truncated": float(sum(t.truncated for t in items)),
                 "learner/step_s": time.perf_counter() - start,

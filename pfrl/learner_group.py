@@ -22,7 +22,7 @@ from pfrl.errors import RunFailed, UserError
 from pfrl.types import PreferencePair, encode
 
 # Summed over ranks; the rest are pair-weighted means, except these taken from rank 0 / the slowest.
-SUMMED = ("learner/pairs", "learner/tokens", "learner/truncated")
+SUMMED = ("learner/pairs", "learner/tokens", "learner/rows", "learner/truncated")
 FROM_RANK0 = ("learner/lr", "learner/grad_norm", "learner/micro_batches")
 
 

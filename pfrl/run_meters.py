@@ -113,7 +113,8 @@ class RunMeters:
         for key, name in _DPO_KEYS.items():
             if f"learner/{key}" in learner:
                 out[name] = learner[f"learner/{key}"]
-        for key in ("learner/lr", "learner/grad_norm", "learner/reference_version"):
+        # learner/rows beside learner/pairs: the sequences actually scored (2 x pairs without sharing).
+        for key in ("learner/rows", "learner/lr", "learner/grad_norm", "learner/reference_version"):
             if key in learner:
                 out[key] = learner[key]
         self._last_step_end = now

@@ -20,8 +20,8 @@ from learner_util import make_engine, weights
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
-def hf_margin(model_dir: str, pairs) -> float:
-    """Mean log p(chosen | prompt) - log p(rejected | prompt), computed with transformers alone."""
+def hf_logps(model_dir: str, pairs) -> list[tuple[float, float]]:
+    """log p(chosen | prompt) and log p(rejected | prompt) of each pair, with transformers alone."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -34,7 +34,12 @@ def hf_margin(model_dir: str, pairs) -> float:
             lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
         return sum(lp[t - 1, ids[t]].item() for t in range(len(p), len(ids)))
 
-    return sum(logp(x.prompt, x.chosen) - logp(x.prompt, x.rejected) for x in pairs) / len(pairs)
+    return [(logp(x.prompt, x.chosen), logp(x.prompt, x.rejected)) for x in pairs]
+
+
+def hf_margin(model_dir: str, pairs) -> float:
+    """Mean log p(chosen | prompt) - log p(rejected | prompt)."""
+    return sum(c - r for c, r in hf_logps(model_dir, pairs)) / len(pairs)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +85,20 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_math_model, pairs):
     # and the step really moved the weights (a no-op would also "match")
     init = weights_of_dir(tiny_math_model)
     assert max((base_weights[k] - init[k]).abs().max().item() for k in init) > 1e-4
+
+
+def test_pairs_sharing_a_sequence_score_it_once(tiny_math_model, pairs):
+    """Pairs of one prompt that share sides: fewer rows scored, the same per-pair log-probs."""
+    from dataclasses import replace
+
+    a, b = pairs[0], pairs[1]
+    shared = [a, replace(a, chosen=a.chosen + " Yes."), replace(a, rejected=b.rejected), b]
+    engine = make_engine(tiny_math_model, zero_stage=0)
+    m = engine.train_step(shared)  # metrics are of the weights before the step: the initial model
+    assert (m["learner/pairs"], m["learner/rows"], m["learner/micro_batches"]) == (4, 6, 1)
+    expected = hf_logps(tiny_math_model, shared)
+    assert m["learner/logp_chosen"] == pytest.approx(sum(c for c, _ in expected) / 4, abs=1e-4)
+    assert m["learner/logp_rejected"] == pytest.approx(sum(r for _, r in expected) / 4, abs=1e-4)
 
 
 def weights_of_dir(model_dir: str) -> dict[str, torch.Tensor]:
