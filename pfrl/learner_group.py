@@ -4,7 +4,8 @@ as one learner (it lives beside `pfrl.fleet`, since it places and calls Ray acto
 Start-up: each rank is placed on its own placement-group bundle (across nodes when the strategy
 spreads them), rank 0 picks the rendezvous address (its node IP and a free port), and all ranks then
 build their engines together (the process group forms inside). A step splits the global batch
-round-robin across ranks; the ranks' metrics are merged into one dict.
+into one contiguous share per rank, one prompt's pairs together (`rank_shares`); the ranks'
+metrics are merged into one dict.
 """
 
 from __future__ import annotations
@@ -43,6 +44,20 @@ def merge_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, float]:
         else:
             out[key] = sum(v * w for v, w in zip(values, weights, strict=True)) / total
     return out
+
+
+def rank_shares(pairs: Sequence[PreferencePair], world_size: int) -> list[list[PreferencePair]]:
+    """`world_size` shares whose sizes differ by at most one, cut from the pairs grouped by prompt
+    (prompts in order of first arrival). A rank scores a sequence that several of its pairs share
+    only once (learner/batching.py `collate`), and shared sequences come from one prompt's pairs: a
+    round-robin split scattered them over the ranks."""
+    groups: dict[str, list[PreferencePair]] = {}
+    for p in pairs:
+        groups.setdefault(p.prompt_id, []).append(p)
+    ordered = [p for group in groups.values() for p in group]
+    base, extra = divmod(len(ordered), world_size)
+    bounds = [r * base + min(r, extra) for r in range(world_size + 1)]
+    return [ordered[bounds[r] : bounds[r + 1]] for r in range(world_size)]
 
 
 def _abs(path: str | Path) -> str:
@@ -139,7 +154,7 @@ class LearnerGroup:
         """One optimizer step over the global batch `pairs` (at least one pair per rank) at `lr`."""
         if len(pairs) < self.world_size:
             raise ValueError(f"{len(pairs)} pairs cannot feed {self.world_size} learner ranks")
-        shares = [encode(list(pairs[r :: self.world_size])) for r in range(self.world_size)]
+        shares = [encode(share) for share in rank_shares(pairs, self.world_size)]
         refs = [a.train_step.remote(s, lr) for a, s in zip(self.actors, shares, strict=True)]
         return merge_metrics(self._get(refs, "train_step"))
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pfrl.learner_group import local_ranks, merge_metrics
+from pfrl.learner_group import local_ranks, merge_metrics, rank_shares
+from pfrl.types import PreferencePair
 
 
 def _m(pairs: float, loss: float, acc: float, tokens: float, step_s: float, lr: float) -> dict[str, float]:
@@ -26,3 +27,16 @@ def test_merge_weights_means_by_pairs_and_sums_counts():
 
 def test_local_ranks_count_per_node():
     assert local_ranks(["10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.1", "10.0.0.2"]) == [0, 0, 1, 2, 1]
+
+
+def _pair(prompt_id: str, k: int) -> PreferencePair:
+    return PreferencePair(prompt_id=prompt_id, prompt=prompt_id, chosen=f"c{k}", rejected=f"r{k}", policy_version=0)
+
+
+def test_rank_shares_keep_one_prompts_pairs_together_and_balance_the_ranks():
+    # Arrival interleaves prompts a and b; round robin put a's pairs on both ranks.
+    pairs = [_pair("a", 0), _pair("b", 1), _pair("a", 2), _pair("b", 3), _pair("c", 4)]
+    shares = rank_shares(pairs, 2)
+    assert [[p.chosen for p in s] for s in shares] == [["c0", "c2", "c1"], ["c3", "c4"]]
+    assert [len(s) for s in rank_shares(pairs, 3)] == [2, 2, 1]
+    assert sorted(p.chosen for s in rank_shares(pairs, 4) for p in s) == sorted(p.chosen for p in pairs)
