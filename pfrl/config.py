@@ -124,6 +124,11 @@ class GeneratorSection(Section):
         "(torch.compile; on GPUs also CUDA graphs), which on CPU takes 11-25 s more per engine start for about a "
         "fifth less time per generated token on the tiny presets (docs/generation.md)."
     )
+    block_size: int | None = Field(
+        None, ge=1, description="Tokens per KV-cache block (null: vLLM's default for the device, 128 on CPU). "
+        "vLLM's CPU attention takes multiples of 32; short sequences waste less of a smaller block "
+        "(tiny math preset: 32)."
+    )
     engine_in_process: bool = Field(
         True, description="With tensor_parallel_size 1, run vLLM's engine core and worker inside the generator "
         "actor instead of two child processes: much faster engine start, no per-step IPC. Tensor-parallel engines "

@@ -50,6 +50,7 @@ def _build_llm(model_path: str, gen: GeneratorSection, model: ModelSection, seed
         tensor_parallel_size=gen.tensor_parallel_size,
         gpu_memory_utilization=gen.gpu_memory_utilization,
         enforce_eager=gen.enforce_eager,
+        block_size=gen.block_size,  # None: vLLM's default for the device
         worker_extension_cls=WORKER_EXTENSION,
         **vllm_batching_kwargs(gen.max_num_seqs, model.max_length),
         **vllm_process_kwargs(gen.tensor_parallel_size, gen.engine_in_process),

@@ -238,13 +238,13 @@ def test_killed_generator_is_restarted_and_resynced(cluster):
 
 
 def test_compiled_engine_samples_with_each_synced_version(cluster, tiny_math_model):
-    """`enforce_eager: false` (the tiny presets' setting): on CPU vLLM runs the model through
-    torch.compile. The graphs are built once, at engine start, around the weights of that moment;
-    every staged sync after that must reach them (two syncs: the second must replace the first)."""
+    """The tiny math preset's engine, `enforce_eager: false` and 32-token KV blocks: on CPU vLLM runs
+    the model through torch.compile. The graphs are built once, at engine start, around the weights
+    of that moment; every staged sync after that must reach them (the second must replace the first)."""
     from pfrl.transport.weights import WeightSync, sync_weights
 
     ray, _, learner = cluster
-    gen = _spawn_generator(tiny_math_model, generator_id=1, enforce_eager=False)
+    gen = _spawn_generator(tiny_math_model, generator_id=1, enforce_eager=False, block_size=32)
     try:
         for version in (11, 12):
             ray.get(learner.perturb.remote(seed=version))
