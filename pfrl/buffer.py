@@ -72,6 +72,10 @@ class ReplayBuffer:
             self._drop(key, "stale")
         return len(stale)
 
+    def count_at_least(self, version: int) -> int:
+        """Buffered pairs sampled by `version` or a newer one."""
+        return len(self._pairs) - self.count_older(version)
+
     def count_older(self, version: int) -> int:
         """Buffered pairs sampled before `version`."""
         return sum(p.policy_version < version for p in self._pairs.values())

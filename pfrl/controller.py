@@ -57,7 +57,7 @@ class Controller:
         self.run_dir = state.run_dir
         self.learner_group = learner_group  # checkpoints, reference refresh, the final model
         self.pool, self.rollouts, self.learner = pool, rollouts, learner
-        self.intake = PairIntake(cfg, state, pool, rollouts)
+        self.intake = PairIntake(cfg, state, pool, rollouts, self._snapshot)
         self.stop_requested = False
         self.all_done = False
 

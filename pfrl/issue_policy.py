@@ -15,11 +15,13 @@ most `lag + k - 1` of its own steps old (reported as `buffer/policy_lag`).
 
 How much to put in flight follows from the same bound. Whatever is sampled now carries (at least)
 the published version, and can only be trained by the steps that start before the publication that
-makes it stale: `trainable_steps`. Issuing more than those steps take is sampling pairs to drop
-them. With lag 1 and one sync per step, that is two steps' pairs while the learner waits, but only
-one while it trains (the step in flight took its pairs already and its sync comes next); the old
-rule kept two steps' worth out at all times, and on a model that makes 2-3 pairs per prompt a
-quarter of the pairs arrived two versions old and were dropped (docs/benchmarks.md, bench e2e run 8).
+makes it stale: `trainable_steps`. With lag 1 and one sync per step, that is two steps' pairs while
+the learner waits, but only one while it trains (the step in flight took its pairs already and its
+sync comes next); the old rule kept two steps' worth out at all times, and on a model that makes 2-3
+pairs per prompt a quarter of the pairs arrived two versions old and were dropped (docs/benchmarks.md,
+bench e2e run 8). Within that need the loop aims high (`COVER_Z`): a prompt's yield is known only
+once it is labelled, a step that comes up short waits a whole sampling latency for a top-up, and a
+group that arrives once its steps are covered is sampled again rather than dropped (`wants_group`).
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# Standard deviations of the in-flight yield kept below the pairs that the steps able to train them
-# need (one-sided normal bound: 1.0 overshoots about one time in six). bench e2e on the CPU preset,
-# 20 updates, two runs each, the bound applied while the learner steps: 0 (the mean, rounded down)
-# dropped 39-50 pairs of 640 as stale, 0.5 dropped 32-41, 1.0 dropped 15-19, at 0.75-0.79,
-# 0.78-0.83 and 0.80-0.83 s per update; applied always, `make demo` 181-201 -> 113-129 stale of
-# about 2,900 trained (docs/benchmarks.md run 19).
-SPREAD_Z = 1.0
+# Standard deviations of the in-flight yield kept *above* the pairs that the steps able to train them
+# need (one-sided normal bound: 1.0 falls short about one time in six). A group that arrives once
+# those steps are covered is sampled again later, not buffered to go stale (`wants_group`), so
+# overshooting costs generation only; falling short costs the learner a second request's latency.
+# Before groups could be sent back, the bound was kept *below* the need (stale drops otherwise):
+# the learner then waited on a top-up request most steps (docs/benchmarks.md runs 19, 27).
+COVER_Z = 1.0
 
 
 @dataclass(frozen=True)
@@ -72,17 +74,28 @@ class LoopSnapshot:
         return self.unissued_prompts == 0 and self.inflight_prompts == 0
 
 
-def trainable_steps(s: LoopSnapshot) -> int:
-    """Learner steps, not yet started, that can train a pair sampled now: those that start before
-    the publication that makes it stale. Syncs come after steps k, 2k, ... (`sync.every_steps` k);
-    a pair survives `lag // k` of them, so the last step that may train it is the one ending at
-    the (lag // k + 1)-th sync after the steps done. A step in flight has taken its pairs already.
-    With k = 1: lag + 1 steps while the learner waits, lag while it trains (0 in lockstep)."""
+def trainable_steps(s: LoopSnapshot, age: int = 0) -> int:
+    """Learner steps, not yet started, that can train a pair `age` published versions old (0: sampled
+    now): those that start before the publication that makes it stale. Syncs come after steps k,
+    2k, ... (`sync.every_steps` k); a pair survives `(lag - age) // k` more of them, so the last step
+    that may train it is the one ending at the next sync after those. A step in flight has taken its
+    pairs already. With k = 1 and age 0: lag + 1 steps while the learner waits, lag while it trains
+    (0 in lockstep)."""
+    if age > s.max_policy_lag:
+        return 0
     k = s.sync_every_steps
     next_sync = (s.steps_done // k + 1) * k  # the step after which the next publication comes
-    last_step = next_sync + (s.max_policy_lag // k) * k  # the last step the pair can be trained in
+    last_step = next_sync + ((s.max_policy_lag - age) // k) * k  # the last step the pair can be trained in
     first_step = s.steps_done + 1 + int(s.learner_busy)
     return max(0, last_step - first_step + 1)
+
+
+def wants_group(s: LoopSnapshot, age: int, as_fresh: int) -> bool:
+    """Whether a labelled group `age` published versions old is worth buffering: the steps that can
+    still train it lack pairs, counting the `as_fresh` buffered pairs at least as new as it (any of
+    those steps can take them). Otherwise its pairs could only be dropped stale after those steps,
+    and its prompt is better sampled again under newer weights."""
+    return as_fresh < s.pairs_per_step * trainable_steps(s, age)
 
 
 def prompt_deficit(s: LoopSnapshot) -> int:
@@ -96,28 +109,25 @@ def prompt_deficit(s: LoopSnapshot) -> int:
     steps = 1 if s.lockstep else trainable_steps(s)
     target = min(s.pairs_per_step * steps, s.capacity)
     if not s.lockstep:
-        return _prompts_within_need(s, target - usable_buffered(s), yield_)
+        return _prompts_to_cover(s, target - usable_buffered(s), yield_)
     missing = target - usable_buffered(s) - s.inflight_prompts * s.pairs_per_prompt
     return max(0, math.ceil(missing / yield_))
 
 
-def _prompts_within_need(s: LoopSnapshot, need: float, yield_: float) -> int:
-    """Prompts to add so that what is in flight rarely brings more pairs than the steps that can
-    train them need: the surplus is dropped stale after the last of those steps. A prompt makes 0-4
-    pairs, so aiming the in-flight prompts' mean yield at `need` overshot half the time (7-9% of
-    pairs trained on the CPU preset with answer checks, more with the demo's low, uneven vote
-    yield). Instead the prompts in flight, `m`, stay where their yield exceeds `need` with about one
-    chance in six: `m * yield + SPREAD_Z * sd * sqrt(m) <= need`. The prompts this leaves out go as
-    top-ups once earlier ones are labelled (less uncertain, so the bound lets them out), at least
-    one prompt whenever nothing is in flight. A waiting learner's own step is not held back:
-    `request_prompts` sends first the prompts it lacks at the mean. Lockstep keeps the mean: it
-    trains only whole rounds, so a short round costs a second one."""
+def _prompts_to_cover(s: LoopSnapshot, need: float, yield_: float) -> int:
+    """Prompts to add so that what is in flight covers `need` pairs with about five chances in six:
+    the smallest `m` in flight with `m * yield - COVER_Z * sd * sqrt(m) >= need`. A prompt makes 0-4
+    pairs; aimed at the mean, a step came up short half the time and its learner waited for a
+    top-up request (a whole sampling latency, 0.3-0.45 s on the CPU preset) for its last few pairs.
+    What overshoots is not dropped stale: `wants_group` sends those prompts back to be sampled again.
+    A waiting learner's own step is sent first: `request_prompts` sends the prompts it lacks at the
+    mean. Lockstep keeps the mean: it trains only whole rounds, so a short round costs a second one."""
     if need <= 0:
         return 0
-    spread = SPREAD_Z * s.pairs_per_prompt_sd
-    root = (-spread + math.sqrt(spread * spread + 4 * yield_ * need)) / (2 * yield_)
-    fits = math.floor(root * root + 1e-9)  # the largest m that keeps the bound
-    return max(fits - s.inflight_prompts, 0 if s.inflight_prompts else 1)
+    spread = COVER_Z * s.pairs_per_prompt_sd
+    root = (spread + math.sqrt(spread * spread + 4 * yield_ * need)) / (2 * yield_)
+    cover = math.ceil(root * root - 1e-9)  # the smallest m that keeps the bound
+    return max(cover - s.inflight_prompts, 0)
 
 
 def usable_buffered(s: LoopSnapshot) -> int:

@@ -29,6 +29,7 @@ class RunMeters:
         self.gen_prompts = RateMeter()
         self.label_groups = RateMeter()
         self.labelled_groups = 0
+        self.resampled = 0  # labelled groups sent back to be sampled again (issue_policy.wants_group)
         self.settled = 0
         # (vote share, mean score, pairs) of the most recent groups: a step that saw no new labels
         # still reports the current picture rather than a hole in the series.
@@ -53,6 +54,11 @@ class RunMeters:
         self._recent.append((result.vote_share, mean_score, len(result.pairs)))
         if result.agree_gt is not None:
             self._agree_gt.append(result.agree_gt)
+
+    def on_resampled(self, group: RolloutGroup) -> None:
+        """Its tokens were generated all the same: they count in gen/tokens_per_s."""
+        self.resampled += 1
+        self.gen_tokens.add(group.completion_tokens)
 
     def on_request(self, prompts: int, seconds: float) -> None:
         self._requests.append((prompts, seconds))
@@ -136,6 +142,7 @@ class RunMeters:
             record.update({"sync/ms": self._sync["latency_ms"], "sync/gb_per_s": self._sync["gbps"],
                            "sync/version": self._sync["version"]})
         record["faults/generator_restarts"], record["faults/labeller_restarts"] = restarts
+        record["label/resampled"] = self.resampled
         record["progress/settled"] = self.settled
         record["progress/split"] = split_size
         return record
@@ -152,9 +159,11 @@ class RunMeters:
                 f"| sync {r.get('sync/ms', 0):5.0f} ms | {r['progress/settled']}/{r['progress/split']} prompts")
 
     def state_dict(self) -> dict:
-        return {"labelled_groups": self.labelled_groups, "settled": self.settled, "prefix_pairs": self.prefix_pairs}
+        return {"labelled_groups": self.labelled_groups, "settled": self.settled, "prefix_pairs": self.prefix_pairs,
+                "resampled": self.resampled}
 
     def load_state_dict(self, state: dict) -> None:
         self.labelled_groups = state["labelled_groups"]
         self.settled = state["settled"]
         self.prefix_pairs = state.get("prefix_pairs", 0)
+        self.resampled = state.get("resampled", 0)

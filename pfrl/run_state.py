@@ -103,6 +103,13 @@ class RunState:
         self._pair_counts.append(len(pairs) - (self.buffer.drops["duplicate"] - duplicates))
         self.settle_dropped()
 
+    def resample(self, group: RolloutGroup, pairs: int) -> None:
+        """A labelled group whose pairs no step can still use: its prompt goes out again (nothing is
+        buffered or settled). Its yield still counts: it says what the prompts in flight bring."""
+        self._pair_counts.append(pairs)
+        self.meters.on_resampled(group)
+        self.scheduler.reissue([group.item.problem.id])
+
     def take(self, n: int) -> list[PreferencePair]:
         return self.buffer.take(n, self.counters.published)
 

@@ -66,24 +66,40 @@ def test_pairs_the_coming_sync_makes_stale_do_not_count_as_buffered():
     assert issue_policy.prompt_deficit(replace(busy, learner_busy=False)) == 17  # waiting: all 30 count
 
 
-def test_prompts_in_flight_stay_below_the_need_by_the_yields_spread():
-    """Aimed at the mean, the prompts for the next step overshot its 32 pairs half the time, and
-    the surplus was dropped stale after that step (7-9% of pairs trained on the CPU preset)."""
+def test_prompts_in_flight_cover_the_need_by_the_yields_spread():
+    """Aimed below the mean (so that the surplus was rarely dropped stale), most steps waited on a
+    top-up request for their last pairs; the surplus now goes back to be sampled (`wants_group`)."""
     busy = replace(SNAP, pairs_per_step=32, capacity=256, unissued_prompts=640, pairs_per_prompt=2.0,
                    pairs_per_prompt_sd=1.4, learner_busy=True)
-    # m * 2 + 1.4 * sqrt(m) <= 32: m = 13 (26 pairs expected, 31.0 at one sd), not ceil(32 / 2) = 16
-    assert issue_policy.prompt_deficit(busy) == 13
-    assert issue_policy.prompt_deficit(replace(busy, inflight_prompts=13)) == 0  # wait for their labels
-    # labelled: 27 pairs in, 5 short; 2 prompts would pass the bound (4 + 1.98 > 5), 1 does not
-    assert issue_policy.prompt_deficit(replace(busy, buffered=27)) == 1
-    assert issue_policy.prompt_deficit(replace(busy, buffered=31)) == 1  # nothing in flight: a prompt anyway
+    # m * 2 - 1.4 * sqrt(m) >= 32: m = 20 (33.7 pairs at one sd below the mean; 19 gives 31.9)
+    assert issue_policy.prompt_deficit(busy) == 20
+    assert issue_policy.prompt_deficit(replace(busy, inflight_prompts=20)) == 0  # wait for their labels
+    # labelled: 27 pairs in, 5 short; 4 prompts cover it at one sd (8 - 2.8 >= 5), 3 do not
+    assert issue_policy.prompt_deficit(replace(busy, buffered=27)) == 4
+    assert issue_policy.prompt_deficit(replace(busy, buffered=31)) == 2
     assert issue_policy.prompt_deficit(replace(busy, buffered=32)) == 0
-    # waiting: the same bound over the two steps' 64 pairs (28 prompts, not 32)...
-    assert issue_policy.prompt_deficit(replace(busy, learner_busy=False)) == 28
+    # waiting: the same bound over the two steps' 64 pairs...
+    assert issue_policy.prompt_deficit(replace(busy, learner_busy=False)) == 37
     # ...but the first request carries what the waiting step lacks, at the mean
     assert issue_policy.request_prompts(replace(busy, learner_busy=False, buffered=24), 8) == 4
     lockstep = replace(busy, max_policy_lag=0, learner_busy=False)
     assert issue_policy.prompt_deficit(lockstep) == 16  # a whole round at the mean
+    assert issue_policy.prompt_deficit(replace(busy, pairs_per_prompt_sd=0.0)) == 16  # no spread: the mean
+
+
+def test_a_group_no_step_can_use_is_sampled_again():
+    e2e = replace(SNAP, pairs_per_step=32, capacity=256, unissued_prompts=640, pairs_per_prompt=2.0)
+    busy = replace(e2e, learner_busy=True)
+    assert issue_policy.wants_group(busy, 0, as_fresh=31)
+    assert not issue_policy.wants_group(busy, 0, as_fresh=32)  # the next step is covered
+    assert issue_policy.wants_group(replace(busy, learner_busy=False), 0, as_fresh=32)  # this step and the next
+    assert not issue_policy.wants_group(busy, 1, as_fresh=0)  # stale at the sync of the step in flight
+    assert issue_policy.wants_group(replace(busy, learner_busy=False), 1, as_fresh=31)  # the waiting step takes it
+    assert not issue_policy.wants_group(e2e, 2, as_fresh=0)  # beyond the lag
+    lockstep = replace(e2e, max_policy_lag=0)
+    assert issue_policy.wants_group(lockstep, 0, as_fresh=31)
+    assert not issue_policy.wants_group(lockstep, 0, as_fresh=32)  # the round is complete
+
 
 def test_a_waiting_learner_gets_a_request_of_only_the_prompts_its_step_lacks():
     e2e = replace(SNAP, pairs_per_step=32, capacity=256, unissued_prompts=640, pairs_per_prompt=2.0)
@@ -283,6 +299,30 @@ def test_pair_yield_leaves_out_duplicates_the_buffer_refuses(tmp_path):
     same = [PreferencePair(pid, item.problem.prompt, "a", "b", 0)] * 2  # two samples, one pair
     c.state.account(group, result, same)
     assert c.state.pairs_per_prompt == 1.0 and len(c.state.buffer) == 1
+
+
+def test_a_surplus_group_goes_back_to_be_sampled_again(tmp_path):
+    """A step trains (its pairs taken) and the next one's 4 pairs are buffered: a group of the
+    published version can only feed steps that are covered, so its prompt is re-issued instead of
+    its pairs being buffered and dropped stale after the next step."""
+    from pfrl.rollouts import Labelled
+    from pfrl.types import LabelledGroup, RolloutGroup
+
+    c = make(tmp_path, "buffer.max_policy_lag=1")
+    buffer_pairs(c, 4)
+    c.learner.job = "a step in flight"
+    item = c.state.scheduler.next_items(1)[0]
+    group = RolloutGroup(item, ["a", "b", "c"], [[1], [2], [3]], ["stop"] * 3, 1, 3, 0)
+    result = LabelledGroup(item.problem.id, 0, 0, "1", [1.0, 0.0, 0.0], [(0, 1), (0, 2)])
+    c.intake.on_labelled(Labelled(None, [group], [result]))
+    assert len(c.state.buffer) == 4 and c.state.meters.resampled == 1
+    assert c.state.pairs_per_prompt == 2.0  # its yield still counts
+    again = c.state.scheduler.next_items(1)[0]
+    assert (again.problem.id, again.attempt) == (item.problem.id, 1)
+    c.learner.job = None  # the learner waits: this step and the next can use the group's pairs
+    group.item, result.prompt_id = again, again.problem.id
+    c.intake.on_labelled(Labelled(None, [group], [result]))
+    assert len(c.state.buffer) == 6 and c.state.meters.resampled == 1
 
 
 def test_stale_pairs_settle_in_the_ledger(tmp_path):

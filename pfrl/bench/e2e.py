@@ -65,6 +65,9 @@ class SystemFigures:
     # pfrl: learner idle over steps 2..N, the window s_per_update covers (step 1 waits out the first
     # rollouts of the run, which no loop can overlap: 0.97 of that step, 0.05 of a 20-step mean)
     learner_idle_after_first: float | None = None
+    # pfrl: labelled prompts sent back to be sampled again because no step could use their pairs
+    # (generation spent, no pair dropped); TRL samples exactly its batches: 0
+    resampled_prompts: int = 0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -177,6 +180,7 @@ def pfrl_figures(name: str, records: list[dict], updates: int, launch: float, lo
         sync_ms=statistics.median(syncs) if syncs else None,
         final=final,
         learner_idle_after_first=statistics.fmean(r["learner/idle_frac"] for r in steps[1:]) if updates > 1 else None,
+        resampled_prompts=int(last.get("label/resampled", 0)),
     )
 
 
@@ -288,11 +292,11 @@ def _print_table(figures: dict[str, Any]) -> None:
     print(f"\ne2e bench: {figures['updates']} updates x {figures['pairs_per_update']} pairs; score: {figures['score']} "
           "(TRL cannot vote over a group, so no system uses self-consistency here)")
     print(f"{'system':9s} {'wall s':>8s} {'train s':>8s} {'s/update':>9s} {'gen tok/s':>10s} {'idle':>6s} "
-          f"{'pairs':>6s} {'stale':>6s} {'held-out acc':>12s}")
+          f"{'pairs':>6s} {'stale':>6s} {'resampled':>9s} {'held-out acc':>12s}")
     for s in figures["systems"].values():
         print(f"{s['name']:9s} {s['wall_s']:8.1f} {s['train_s']:8.1f} {s['s_per_update']:9.2f} "
               f"{s['tokens_per_s']:10.0f} {s['learner_idle_frac']:6.2f} {s['pairs_trained']:6d} "
-              f"{s['stale_dropped']:6d} {cell(s['accuracy'], '12.3f')}")
+              f"{s['stale_dropped']:6d} {s.get('resampled_prompts', 0):9d} {cell(s['accuracy'], '12.3f')}")
     print(f"held-out accuracy of the starting model: {cell(figures['start_accuracy'], '.3f')}")
     if figures.get("learner_idle_frac_after_first") is not None:
         print(f"online learner idle: {figures['learner_idle_frac']:.3f} over all steps, "
