@@ -76,6 +76,8 @@ class DPOEngine:
         self.pad_id = pad_token_id(self.tokenizer)
         attn = model_cfg.attn_implementation
         policy = with_lora(load_causal_lm(model_path, self.dtype, cfg.grad_checkpointing, attn), cfg.lora)
+        if cfg.compile:
+            policy.compile(dynamic=True)  # in place: parameter names (weight sync, checkpoints) unchanged
         self.engine = deepspeed.initialize(
             model=policy,
             optimizer=build_optimizer(policy, cfg),
@@ -86,6 +88,8 @@ class DPOEngine:
         if cfg.zero_stage == 3:
             ref_ds = with_offload(reference_deepspeed_config(cfg, self.dtype, self.world_size), cfg, params_only=True)
         self.reference = ReferenceModel(model_path, self.dtype, self.device, ref_ds, attn)
+        if cfg.compile:
+            self.reference.module.compile(dynamic=True)
         self.step = 0
         self.reference_step = 0  # the policy step the reference model was copied from
 

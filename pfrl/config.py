@@ -401,6 +401,9 @@ class LearnerSection(Section):
         None, ge=16, description="If set, micro-batches are packed by this token budget instead of a pair count."
     )
     grad_checkpointing: bool = Field(False, description="Recompute activations in backward.")
+    compile: bool = Field(
+        False, description="torch.compile the policy and the reference (dynamic shapes): a slower start "
+        "(compiling), faster steps where per-op overhead dominates (small models, CPU).")
     zero3_persistence_threshold: int = Field(
         100_000, ge=0, description="ZeRO-3: parameters with fewer elements stay whole on every rank (fewer gathers)."
     )
@@ -419,6 +422,9 @@ class LearnerSection(Section):
             raise ValueError("offload_optimizer needs learner.zero_stage 1, 2 or 3")
         if self.offload_params != "none" and self.zero_stage != 3:
             raise ValueError("offload_params needs learner.zero_stage 3 (parameters are partitioned only there)")
+        if self.compile and self.zero_stage == 3:
+            raise ValueError("learner.compile needs learner.zero_stage 0, 1 or 2 (ZeRO-3 gathers each layer's "
+                             "parameters in module hooks, which torch.compile does not trace)")
         return self
     epochs: int = Field(1, ge=1, description="`pfrl dpo`: passes over the pairs file.")
     start_timeout_s: float = Field(

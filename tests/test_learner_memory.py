@@ -39,9 +39,10 @@ def test_offload_sections_follow_the_config():
             ["learner.zero_stage=0", "learner.offload_optimizer=cpu"],
             "offload_optimizer needs learner.zero_stage",
         ),
+        (["learner.zero_stage=3", "learner.compile=true"], "learner.compile needs learner.zero_stage 0, 1 or 2"),
     ],
 )
-def test_offload_needs_a_zero_stage_that_has_it(overrides, message):
+def test_offload_and_compile_need_a_zero_stage_that_allows_them(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
     assert (
