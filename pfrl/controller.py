@@ -114,7 +114,9 @@ class Controller:
         console.print(f"done: {counters.step} steps, policy v{counters.version}; model in {final}")
 
     def _snapshot(self) -> issue_policy.LoopSnapshot:
-        return self.state.snapshot(self.rollouts.inflight_prompts(), self.learner.busy, self.stop_requested)
+        labels_behind = self.rollouts.labelling_wait() > issue_policy.LABELS_BEHIND_S
+        return self.state.snapshot(self.rollouts.inflight_prompts(), self.learner.busy, self.stop_requested,
+                                   labels_behind)
 
     # -- generation and labelling ----------------------------------------------------------
     def _issue_prompts(self) -> None:
@@ -252,6 +254,7 @@ class Controller:
         )
         record["label/pairs_per_prompt"] = self.state.pairs_per_prompt
         record["sync/published_version"] = c.published
+        record["rollout/label_wait_s"] = self.rollouts.labelling_wait()  # above LABELS_BEHIND_S: labels lag
         record.update(isolation.metrics(self.inputs.sandbox_backend))
         record.update(evaluation)
         self.state.metrics.log(record)

@@ -36,6 +36,12 @@ from dataclasses import dataclass
 # Before groups could be sent back, the bound was kept *below* the need (stale drops otherwise):
 # the learner then waited on a top-up request most steps (docs/benchmarks.md runs 19, 27).
 COVER_Z = 1.0
+# A sampled request that has waited longer than this for its labels means the labellers are the
+# slow half (the code preset's sandbox: seconds per request; the math answer check: milliseconds).
+# Then the prompts in flight aim one sd *below* the need instead: overshooting would only lengthen
+# the labellers' queue, and every prompt sent back costs its sandbox runs again (`make demo` on the
+# code preset: 141-152 s aimed below, 160 s aimed above, with 41 prompts labelled twice).
+LABELS_BEHIND_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class LoopSnapshot:
     yield_known: bool = True  # some prompt has been labelled (else pairs_per_prompt is a guess)
     num_generators: int = 1
     pairs_per_prompt_sd: float = 0.0  # spread of the recent per-prompt yields
+    labels_behind: bool = False  # a sampled request has waited over LABELS_BEHIND_S for its labels
 
     @property
     def lockstep(self) -> bool:
@@ -120,14 +127,15 @@ def _prompts_to_cover(s: LoopSnapshot, need: float, yield_: float) -> int:
     pairs; aimed at the mean, a step came up short half the time and its learner waited for a
     top-up request (a whole sampling latency, 0.3-0.45 s on the CPU preset) for its last few pairs.
     What overshoots is not dropped stale: `wants_group` sends those prompts back to be sampled again.
+    While the labellers are behind (`LABELS_BEHIND_S`) the bound flips to one sd below the need.
     A waiting learner's own step is sent first: `request_prompts` sends the prompts it lacks at the
     mean. Lockstep keeps the mean: it trains only whole rounds, so a short round costs a second one."""
     if need <= 0:
         return 0
-    spread = COVER_Z * s.pairs_per_prompt_sd
+    spread = (-COVER_Z if s.labels_behind else COVER_Z) * s.pairs_per_prompt_sd
     root = (spread + math.sqrt(spread * spread + 4 * yield_ * need)) / (2 * yield_)
     cover = math.ceil(root * root - 1e-9)  # the smallest m that keeps the bound
-    return max(cover - s.inflight_prompts, 0)
+    return max(cover - s.inflight_prompts, 0 if s.inflight_prompts else 1)
 
 
 def usable_buffered(s: LoopSnapshot) -> int:

@@ -14,6 +14,7 @@ issued again, a dead labeller's groups are labelled again by another call, nothi
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ from pfrl.types import (
     decode,
     encode,
 )
+
+_LABEL_WAIT_WINDOW = 8  # labelled requests behind `labelling_wait`'s mean
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Request:
     labeller: int | None = None
     held: list[Held] | None = None
     issued_at: float = field(default_factory=time.time)  # for rollout/request_s: issue to labelled
+    sampled_at: float | None = None  # when the generator answered (the labelling request went out)
 
     @property
     def pending_ref(self) -> Any:
@@ -115,6 +119,7 @@ class RolloutRequests:
         self.labellers = labellers
         self.requests: list[Request] = []
         self._next_labeller = 0  # round robin over the labellers
+        self._label_waits: deque[float] = deque(maxlen=_LABEL_WAIT_WINDOW)  # sampled -> labelled, seconds
 
     def inflight_prompts(self) -> int:
         return sum(len(r.items) for r in self.requests)
@@ -122,6 +127,16 @@ class RolloutRequests:
     def sampling_prompts(self, g: int) -> int:
         """Prompts of the requests generator g has not answered yet."""
         return sum(len(r.items) for r in self.requests if r.generator == g and r.label_ref is None)
+
+    def labelling_wait(self) -> float:
+        """How long sampled requests wait for their labels: the mean over the last few labelled, or
+        the oldest one waiting now if that is longer (0 before any). A mean, because the queue itself
+        empties and refills: the code preset's labeller was idle now and then between requests
+        that each waited seconds."""
+        now = time.time()
+        waiting = [now - r.sampled_at for r in self.requests if r.sampled_at is not None]
+        recent = sum(self._label_waits) / len(self._label_waits) if self._label_waits else 0.0
+        return max([recent, *waiting])
 
     def issue(self, g: int, items: list[PromptItem], version: int) -> None:
         self.requests.append(Request(g, items, self.generators[g].generate.remote(encode(items)), version))
@@ -172,6 +187,7 @@ class RolloutRequests:
                 events.append(GeneratorLost(req.generator, self.drop_generator(req.generator), e))
                 return
             raise RunFailed(f"generator {req.generator} failed: {e.cause!r}") from None
+        req.sampled_at = time.time()
         req.labeller = self._next_labeller
         self._next_labeller = (self._next_labeller + 1) % len(self.labellers)
         labeller = self.labellers[req.labeller]
@@ -193,6 +209,8 @@ class RolloutRequests:
             return
         except ray.exceptions.RayTaskError as e:
             raise RunFailed(f"labeller {req.labeller} failed: {e.cause!r}") from None
+        if req.sampled_at is not None:
+            self._label_waits.append(time.time() - req.sampled_at)
         if sampled and sampled[0].policy_version < req.issued_version:
             events.append(OlderWeights(req.generator))
         if req.held is None:

@@ -65,7 +65,8 @@ class RunState:
         repeat one already seen, and counting them had the loop expect pairs that never came."""
         return sum(self._pair_counts) / len(self._pair_counts) if self._pair_counts else 1.0
 
-    def snapshot(self, inflight_prompts: int, learner_busy: bool, stopping: bool) -> LoopSnapshot:
+    def snapshot(self, inflight_prompts: int, learner_busy: bool, stopping: bool,
+                 labels_behind: bool = False) -> LoopSnapshot:
         cfg = self.cfg
         return LoopSnapshot(
             max_policy_lag=cfg.buffer.max_policy_lag, pairs_per_step=cfg.learner.pairs_per_step,
@@ -76,6 +77,7 @@ class RunState:
             expiring=self._expiring() if learner_busy else 0,
             yield_known=bool(self._pair_counts), num_generators=cfg.generator.num_generators,
             pairs_per_prompt_sd=statistics.pstdev(self._pair_counts) if len(self._pair_counts) > 1 else 0.0,
+            labels_behind=labels_behind,
         )
 
     def _expiring(self) -> int:

@@ -4,6 +4,7 @@ The issue/train rules are pure functions of a snapshot (pfrl/issue_policy.py). T
 on a real Controller and RunState handed actor-facing parts (generator pool health, learner thread,
 rollout requests) that are small fakes recording what the controller asked of them."""
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -85,6 +86,25 @@ def test_prompts_in_flight_cover_the_need_by_the_yields_spread():
     lockstep = replace(busy, max_policy_lag=0, learner_busy=False)
     assert issue_policy.prompt_deficit(lockstep) == 16  # a whole round at the mean
     assert issue_policy.prompt_deficit(replace(busy, pairs_per_prompt_sd=0.0)) == 16  # no spread: the mean
+    # labellers behind (the code preset's sandbox): one sd below, m * 2 + 1.4 * sqrt(m) >= 32
+    assert issue_policy.prompt_deficit(replace(busy, labels_behind=True)) == 14
+
+
+def test_labels_are_behind_when_a_sampled_request_waits_for_them(tmp_path):
+    from pfrl.rollouts import Request, RolloutRequests
+
+    rollouts = RolloutRequests([], [])
+    assert rollouts.labelling_wait() == 0.0
+    rollouts.requests = [Request(0, [], None), Request(0, [], None, sampled_at=time.time() - 1.0)]
+    assert 1.0 <= rollouts.labelling_wait() < 2.0  # the sampled one; the other is still sampling
+    rollouts.requests = []
+    rollouts._label_waits.extend([3.0, 1.0])  # the queue is empty now, but labels took 2 s lately
+    assert rollouts.labelling_wait() == 2.0
+    c = make(tmp_path)
+    c.rollouts.wait = 1.0
+    assert c._snapshot().labels_behind
+    c.rollouts.wait = 0.01
+    assert not c._snapshot().labels_behind
 
 
 def test_a_group_no_step_can_use_is_sampled_again():
@@ -192,7 +212,10 @@ class FakePool(GeneratorPool):
 
 class FakeRollouts:
     def __init__(self):
-        self.requests, self.issued = [], []
+        self.requests, self.issued, self.wait = [], [], 0.0
+
+    def labelling_wait(self):
+        return self.wait
 
     def inflight_prompts(self):
         return sum(len(items) for _, items in self.issued)
