@@ -19,6 +19,7 @@ Staleness is measured against the newest weights published to the generators (se
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from pfrl import faults, issue_policy
@@ -115,8 +116,11 @@ class Controller:
 
     def _snapshot(self) -> issue_policy.LoopSnapshot:
         labels_behind = self.rollouts.labelling_wait() > issue_policy.LABELS_BEHIND_S
-        return self.state.snapshot(self.rollouts.inflight_prompts(), self.learner.busy, self.stop_requested,
+        snap = self.state.snapshot(self.rollouts.inflight_prompts(), self.learner.busy, self.stop_requested,
                                    labels_behind)
+        published = self.state.counters.published
+        by_age = {published - v: n for v, n in self.rollouts.inflight_by_version().items()}
+        return replace(snap, doomed_prompts=issue_policy.doomed_prompts(snap, by_age))
 
     # -- generation and labelling ----------------------------------------------------------
     def _issue_prompts(self) -> None:

@@ -66,6 +66,7 @@ class LoopSnapshot:
     num_generators: int = 1
     pairs_per_prompt_sd: float = 0.0  # spread of the recent per-prompt yields
     labels_behind: bool = False  # a sampled request has waited over LABELS_BEHIND_S for its labels
+    doomed_prompts: int = 0  # of inflight_prompts, those issued under weights no step can still train
 
     @property
     def lockstep(self) -> bool:
@@ -135,7 +136,17 @@ def _prompts_to_cover(s: LoopSnapshot, need: float, yield_: float) -> int:
     spread = (-COVER_Z if s.labels_behind else COVER_Z) * s.pairs_per_prompt_sd
     root = (spread + math.sqrt(spread * spread + 4 * yield_ * need)) / (2 * yield_)
     cover = math.ceil(root * root - 1e-9)  # the smallest m that keeps the bound
-    return max(cover - s.inflight_prompts, 0 if s.inflight_prompts else 1)
+    useful = s.inflight_prompts - s.doomed_prompts
+    return max(cover - useful, 0 if useful else 1)
+
+
+def doomed_prompts(s: LoopSnapshot, inflight_by_age: dict[int, int]) -> int:
+    """Prompts in flight (by how many published versions old their request's weights were) whose
+    groups no step not yet started can train: they will be sent back (`wants_group`). Counted as
+    coming pairs, they stood in for the next step's: with more prompts in flight than a step needs,
+    a step started while the previous version's surplus was still sampling, its successor was
+    left short and waited a whole sampling round (bench e2e run 29a: two steps of 0.8-1.0 s)."""
+    return sum(n for age, n in inflight_by_age.items() if trainable_steps(s, age) == 0)
 
 
 def usable_buffered(s: LoopSnapshot) -> int:
@@ -156,7 +167,7 @@ def request_prompts(s: LoopSnapshot, per_request: int) -> int:
     n = min(per_request, prompt_deficit(s))
     if s.learner_busy or n == 0:
         return n
-    short = s.pairs_per_step - usable_buffered(s) - s.inflight_prompts * s.pairs_per_prompt
+    short = s.pairs_per_step - usable_buffered(s) - (s.inflight_prompts - s.doomed_prompts) * s.pairs_per_prompt
     return min(n, math.ceil(short / max(s.pairs_per_prompt, 0.1))) if short > 0 else n
 
 

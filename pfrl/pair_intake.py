@@ -41,12 +41,11 @@ class PairIntake:
             if not self.state.scheduler.is_current(group.item):
                 continue
             pairs = build_pairs(group, result, self.cfg.labeller)
-            if pairs and not self._wanted(group):
-                self.state.resample(group, len(pairs))
-            elif wants_prefixes(group, result, len(pairs), self.cfg.labeller.plan(group.item.iteration).step_pair_ratio):
+            ratio = self.cfg.labeller.plan(group.item.iteration).step_pair_ratio
+            if wants_prefixes(group, result, len(pairs), ratio) and self._wanted(group):
                 held.append(Held(group, result, pairs))
             else:
-                self.state.account(group, result, pairs)
+                self._place(group, result, pairs)
         if held:
             self._issue_prefixes(held)
 

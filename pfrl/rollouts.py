@@ -124,6 +124,13 @@ class RolloutRequests:
     def inflight_prompts(self) -> int:
         return sum(len(r.items) for r in self.requests)
 
+    def inflight_by_version(self) -> dict[int, int]:
+        """Prompts in flight by the generator weights their request was issued under."""
+        out: dict[int, int] = {}
+        for r in self.requests:
+            out[r.issued_version] = out.get(r.issued_version, 0) + len(r.items)
+        return out
+
     def sampling_prompts(self, g: int) -> int:
         """Prompts of the requests generator g has not answered yet."""
         return sum(len(r.items) for r in self.requests if r.generator == g and r.label_ref is None)

@@ -107,6 +107,23 @@ def test_labels_are_behind_when_a_sampled_request_waits_for_them(tmp_path):
     assert not c._snapshot().labels_behind
 
 
+def test_prompts_no_step_can_train_are_not_counted_as_coming_pairs(tmp_path):
+    """Run 29: a step started while the last version's surplus was still sampling; counted as
+    pairs for the next step, they left it short, and it waited a whole round (0.8-1.0 s)."""
+    busy = replace(SNAP, pairs_per_step=32, capacity=256, unissued_prompts=640, pairs_per_prompt=2.0,
+                   learner_busy=True)
+    assert issue_policy.doomed_prompts(busy, {0: 8, 1: 12}) == 12  # one version old: stale at the sync
+    assert issue_policy.doomed_prompts(replace(busy, learner_busy=False), {0: 8, 1: 12}) == 0  # the next step
+    assert issue_policy.prompt_deficit(replace(busy, inflight_prompts=20)) == 0
+    assert issue_policy.prompt_deficit(replace(busy, inflight_prompts=20, doomed_prompts=12)) == 8
+    c = make(tmp_path)
+    c.state._pair_counts.append(1)
+    c.rollouts.issue(0, c.state.scheduler.next_items(3), 0)
+    c.state.counters.published = c.state.counters.version = c.state.counters.step = 1
+    c.learner.job = "a step in flight"
+    assert (c._snapshot().inflight_prompts, c._snapshot().doomed_prompts) == (3, 3)
+
+
 def test_a_group_no_step_can_use_is_sampled_again():
     e2e = replace(SNAP, pairs_per_step=32, capacity=256, unissued_prompts=640, pairs_per_prompt=2.0)
     busy = replace(e2e, learner_busy=True)
@@ -212,10 +229,16 @@ class FakePool(GeneratorPool):
 
 class FakeRollouts:
     def __init__(self):
-        self.requests, self.issued, self.wait = [], [], 0.0
+        self.requests, self.issued, self.versions, self.wait = [], [], [], 0.0
 
     def labelling_wait(self):
         return self.wait
+
+    def inflight_by_version(self):
+        out = {}
+        for version, items in self.versions:
+            out[version] = out.get(version, 0) + len(items)
+        return out
 
     def inflight_prompts(self):
         return sum(len(items) for _, items in self.issued)
@@ -225,6 +248,7 @@ class FakeRollouts:
 
     def issue(self, g, items, version):
         self.issued.append((g, items))
+        self.versions.append((version, items))
 
     def drop_generator(self, g):
         return []
