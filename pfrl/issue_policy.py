@@ -40,7 +40,8 @@ COVER_Z = 1.0
 # slow half (the code preset's sandbox: seconds per request; the math answer check: milliseconds).
 # Then the prompts in flight aim one sd *below* the need instead: overshooting would only lengthen
 # the labellers' queue, and every prompt sent back costs its sandbox runs again (`make demo` on the
-# code preset: 141-152 s aimed below, 160 s aimed above, with 41 prompts labelled twice).
+# code preset, back to back: loop 124 s on the code before, 130 s aimed above with 54 prompts
+# labelled twice, 125 s with this flip and 2; docs/benchmarks.md runs 27-28).
 LABELS_BEHIND_S = 0.25
 
 
@@ -67,6 +68,11 @@ class LoopSnapshot:
     pairs_per_prompt_sd: float = 0.0  # spread of the recent per-prompt yields
     labels_behind: bool = False  # a sampled request has waited over LABELS_BEHIND_S for its labels
     doomed_prompts: int = 0  # of inflight_prompts, those issued under weights no step can still train
+
+    @property
+    def useful_inflight(self) -> int:
+        """Prompts in flight whose pairs some step not yet started can still train."""
+        return self.inflight_prompts - self.doomed_prompts
 
     @property
     def lockstep(self) -> bool:
@@ -136,8 +142,7 @@ def _prompts_to_cover(s: LoopSnapshot, need: float, yield_: float) -> int:
     spread = (-COVER_Z if s.labels_behind else COVER_Z) * s.pairs_per_prompt_sd
     root = (spread + math.sqrt(spread * spread + 4 * yield_ * need)) / (2 * yield_)
     cover = math.ceil(root * root - 1e-9)  # the smallest m that keeps the bound
-    useful = s.inflight_prompts - s.doomed_prompts
-    return max(cover - useful, 0 if useful else 1)
+    return max(cover - s.useful_inflight, 0 if s.useful_inflight else 1)
 
 
 def doomed_prompts(s: LoopSnapshot, inflight_by_age: dict[int, int]) -> int:
@@ -167,7 +172,7 @@ def request_prompts(s: LoopSnapshot, per_request: int) -> int:
     n = min(per_request, prompt_deficit(s))
     if s.learner_busy or n == 0:
         return n
-    short = s.pairs_per_step - usable_buffered(s) - (s.inflight_prompts - s.doomed_prompts) * s.pairs_per_prompt
+    short = s.pairs_per_step - usable_buffered(s) - s.useful_inflight * s.pairs_per_prompt
     return min(n, math.ceil(short / max(s.pairs_per_prompt, 0.1))) if short > 0 else n
 
 
